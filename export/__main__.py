@@ -1,0 +1,105 @@
+"""Export command line: one verb per step.
+
+Examples::
+
+    python -m export onnx --checkpoint CKPT --out model.onnx --fft-impl matmul --report parity.json
+    python -m export repo --checkpoint CKPT --target cpu --out artifacts/repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx
+from triton_repo.layout import Target, write_repository
+
+logger = logging.getLogger("export")
+
+
+def _choices(enum: type) -> list[str]:
+    return [member.value for member in enum]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    def onnx_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (weights + metadata)")
+        p.add_argument("--fft-impl", default=OnnxFFT.MATMUL.value, choices=_choices(OnnxFFT),
+                       help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe) or the ONNX DFT op")
+        p.add_argument("--precision", default=Precision.FP32.value, choices=_choices(Precision),
+                       help="graph precision (fp16: a strongly typed FP16 graph; I/O stays uint8/fp32/bool)")
+        p.add_argument("--masks", type=int, default=None, help="test-time masks K, overriding the checkpoint's")
+        p.add_argument("--report", type=Path, default=None, help="write the parity report as JSON here")
+
+    p_onnx = verbs.add_parser("onnx", help="checkpoint -> ONNX with parity check against PyTorch")
+    onnx_options(p_onnx)
+    p_onnx.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+
+    p_repo = verbs.add_parser("repo", help="write a complete Triton model repository for a target")
+    onnx_options(p_repo)
+    p_repo.add_argument("--target", default=Target.CPU.value, choices=_choices(Target))
+    p_repo.add_argument("--out", required=True, type=Path, help="repository directory (replaced)")
+    p_repo.add_argument("--engine", type=Path, default=None, help="TensorRT engine for --target gpu-trt")
+    return parser
+
+
+def _export(args: argparse.Namespace, out: Path) -> dict:
+    config = ExportConfig(
+        checkpoint=args.checkpoint,
+        out=out,
+        fft_impl=OnnxFFT(args.fft_impl),
+        precision=Precision(args.precision),
+        masks=args.masks,
+    )
+    report = export_onnx(config).to_dict()
+    print(f"parity vs PyTorch fp32 ({report['precision']}, fft {report['fft_impl']}): max |logit diff| "
+          f"{report['max_abs_logit_diff']:.3g} at batch sizes {report['batch_sizes']} "
+          f"(tolerance {report['tolerance']:g})")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.verb == "onnx":
+            _export(args, args.out)
+            print(f"wrote {args.out}")
+            return 0
+        from core.metadata import DetectorMetadata
+
+        target = Target(args.target)
+        metadata = DetectorMetadata.load(args.checkpoint)
+        if target is Target.GPU_TRT:
+            if args.engine is None:
+                print("error: --target gpu-trt needs --engine (build one with 'python -m export engine')",
+                      file=sys.stderr)
+                return 2
+            artifact = args.engine
+            write_repository(target, args.out, metadata, artifact)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                artifact = Path(tmp) / "model.onnx"
+                _export(args, artifact)
+                write_repository(target, args.out, metadata, artifact)
+        print(f"wrote {target.value} repository {args.out}")
+        return 0
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

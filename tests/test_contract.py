@@ -1,0 +1,212 @@
+"""The shared contract: preprocessing and the FFT stage, every implementation against the numpy reference."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.fft import apply_fft_stage, band_region, inference_masks, masked_count
+from core.metadata import DetectorMetadata, FFTStageConfig
+from core.preprocess import (
+    DecodeLimits,
+    ImageDecodeError,
+    center_crop_or_pad,
+    decode_image,
+    normalize,
+    preprocess_image,
+)
+from tests.conftest import encode, photo_like
+from training.fft_stage import FFTImpl, FFTStage, MatmulDFT, masked_fft_torch
+
+TOL = 1e-4
+
+
+# ---------------------------------------------------------------- preprocessing
+@pytest.mark.parametrize("size", [(64, 64), (63, 65), (224, 224), (17, 200)])
+@pytest.mark.parametrize("shape", [(64, 64), (100, 37), (10, 10), (301, 77), (50, 300), (1, 1)])
+def test_center_crop_matches_torchvision(shape, size):
+    from torchvision.transforms import CenterCrop
+    from torchvision.transforms.functional import pil_to_tensor
+
+    img = photo_like(*shape, seed=sum(shape))
+    ours = center_crop_or_pad(img, size)
+    theirs = pil_to_tensor(CenterCrop(size)(Image.fromarray(img))).permute(1, 2, 0).numpy()
+    assert ours.shape == (*size, 3)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_normalize_matches_torchvision():
+    from torchvision.transforms import Normalize, ToTensor
+
+    img = photo_like(40, 50, 0)
+    md = DetectorMetadata(backbone="resnet50")
+    ours = normalize(img.transpose(2, 0, 1)[None], md.mean, md.std)[0]
+    theirs = Normalize(md.mean, md.std)(ToTensor()(Image.fromarray(img))).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_decode_formats_and_modes(mixed_images):
+    for name, data in mixed_images.items():
+        rgb = decode_image(data)
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+    gray = decode_image(mixed_images["gray.png"])
+    assert np.array_equal(gray[..., 0], gray[..., 1])
+    gray16 = decode_image(mixed_images["gray16.png"])
+    np.testing.assert_array_equal(gray16[..., 0], photo_like(50, 60, 8)[..., 0])  # 16-bit scaled, not clipped
+    rgba = decode_image(mixed_images["rgba.png"])
+    np.testing.assert_array_equal(rgba, photo_like(66, 99, 4))  # alpha dropped, colours untouched
+
+
+def test_exif_orientation_applied():
+    img = Image.fromarray(photo_like(30, 60, 9))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue()).shape[:2] == (60, 30)
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not a recognised image"),
+        (encode(photo_like(64, 64, 1), "JPEG")[:300], "truncated"),
+        (encode(photo_like(8, 8, 1), "PNG"), None),
+    ],
+)
+def test_decode_errors_say_why(payload, reason):
+    if reason is None:
+        assert decode_image(payload).shape == (8, 8, 3)
+        return
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(payload)
+
+
+def test_decode_limits():
+    data = encode(photo_like(100, 100, 2), "PNG")
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 10 bytes"):
+        decode_image(data, DecodeLimits(max_bytes=10))
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 5000 pixels"):
+        decode_image(data, DecodeLimits(max_pixels=5000))
+    with pytest.raises(ImageDecodeError, match="unsupported image format PNG"):
+        decode_image(data, DecodeLimits(formats=("JPEG",)))
+
+
+def test_preprocess_image_layout():
+    out = preprocess_image(encode(photo_like(10, 300, 3), "PNG"), (64, 64))
+    assert out.shape == (3, 64, 64) and out.dtype == np.uint8
+    assert out[:, :27].max() == 0 and out[:, -27:].max() == 0  # zero padding above and below
+
+
+# ---------------------------------------------------------------- masks
+@pytest.mark.parametrize("band", ["all", "low", "mid", "high"])
+def test_masks_exact_count_inside_band(band):
+    cfg = FFTStageConfig(masks=3, band=band, ratio=0.15, per_channel=True, seed=1)
+    masks = inference_masks(cfg, 32, 48)
+    region = band_region(32, 48, band)
+    assert masks.shape == (3, 3, 32, 48)
+    for mask in masks.reshape(-1, 32, 48):
+        assert int((mask == 0).sum()) == masked_count(region, 0.15)
+        assert not (mask[~region] == 0).any()
+    np.testing.assert_array_equal(masks, inference_masks(cfg, 32, 48))  # deterministic from the seed
+
+
+def test_band_shares():
+    total = 224 * 224
+    low, mid, high = (band_region(224, 224, b).sum() / total for b in ("low", "mid", "high"))
+    assert low + mid + high == pytest.approx(1.0)
+    assert 0.03 < low < 0.07 and 0.1 < mid < 0.2 and high > 0.7
+
+
+# ---------------------------------------------------------------- FFT stage parity
+def _real_images(n: int, size: int) -> np.ndarray:
+    """Normalised crops of the photographs that ship inside scikit-learn."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    crops = [center_crop_or_pad(photos[i % len(photos)][i * 7 :], (size, size)) for i in range(n)]
+    return normalize(np.stack(crops).transpose(0, 3, 1, 2), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _onnx_stage(impl: FFTImpl, masks: np.ndarray, size: int, tmp_path: Path):
+    import onnxruntime as ort
+
+    stage = FFTStage(torch.from_numpy(masks), size, size, impl).eval()
+    path = tmp_path / f"stage_{impl.value}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            stage, (torch.zeros(2, 3, size, size),), str(path), input_names=["x"], output_names=["y"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=20, dynamo=True,
+            external_data=False, verbose=False,
+        )
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("DFT" in ops) == (impl is FFTImpl.FFT), ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    k = masks.shape[0]
+    return lambda x: session.run(None, {"x": x})[0].reshape(x.shape[0], k, *x.shape[1:])
+
+
+def _cupy_stage(masks):
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU machines only)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA GPU on this machine")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA GPU on this machine")
+    from core.fft_cupy import CupyFFTStage
+
+    stage = CupyFFTStage(masks)
+    return lambda x: cupy.asnumpy(stage(cupy.asarray(x)))
+
+
+IMPLS = ["torch_fft", "matmul", "onnx_dft", "onnx_matmul", "cupy"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n_masks", [0, 1, 4])
+@pytest.mark.parametrize("source", ["random", "real"])
+def test_fft_stage_parity(impl, n_masks, source, tmp_path):
+    size = 32
+    x = (
+        np.random.default_rng(n_masks).standard_normal((3, 3, size, size)).astype(np.float32) * 2
+        if source == "random"
+        else _real_images(3, size)
+    )
+    cfg = FFTStageConfig(masks=n_masks, per_channel=n_masks != 1, seed=n_masks)
+    masks = inference_masks(cfg, size, size)
+    expected = apply_fft_stage(x, masks)
+    if masks is None:  # the stage is skipped: every implementation is the identity
+        stage = FFTStage(None, size, size, FFTImpl.MATMUL if "matmul" in impl else FFTImpl.FFT)
+        np.testing.assert_array_equal(stage(torch.from_numpy(x)).numpy(), expected[:, 0])
+        return
+    if impl == "torch_fft":
+        got = masked_fft_torch(torch.from_numpy(x)[:, None], torch.from_numpy(masks)[None]).numpy()
+    elif impl == "matmul":
+        got = MatmulDFT(size, size)(torch.from_numpy(x), torch.from_numpy(masks)).numpy()
+    elif impl in ("onnx_dft", "onnx_matmul"):
+        got = _onnx_stage(FFTImpl.FFT if impl == "onnx_dft" else FFTImpl.MATMUL, masks, size, tmp_path)(x)
+    else:
+        got = _cupy_stage(masks)(x)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= TOL
+
+
+def test_matmul_stage_is_fp16_safe():
+    """Ortho scaling keeps the spectrum of a normalised image inside FP16 range, and the fp16 result close."""
+    x = torch.from_numpy(_real_images(2, 64))
+    masks = torch.from_numpy(inference_masks(FFTStageConfig(masks=2), 64, 64))
+    stage = MatmulDFT(64, 64)
+    out16 = stage.half()(x.half(), masks).float()
+    assert torch.isfinite(out16).all()
+    ref = torch.from_numpy(apply_fft_stage(x.numpy(), masks.numpy()))
+    assert (out16 - ref).abs().max() < 0.05
