@@ -1,0 +1,543 @@
+"""gRPC client for the ``deepfake_detector`` ensemble served by Triton Inference Server.
+
+One image travels per request (a bad image then fails only its own request, with the server's reason), and many
+requests are kept in flight at once so that the server's dynamic batcher sees full batches. Failures surface as
+``DetectorClientError`` subclasses with a meaning; only ``UNAVAILABLE`` (server down, restarting, unreachable) is
+retried, with exponential backoff and full jitter, since inference is idempotent.
+
+Example::
+
+    with DetectorClient(ClientConfig(url="127.0.0.1:8001")) as detector:
+        detector.wait_until_ready(timeout_s=60)
+        prediction = detector.classify(Path("photo.jpg").read_bytes())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aiogrpcclient
+from tritonclient.utils import InferenceServerException
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "IMAGE_BYTES"
+OUTPUT_PROB = "PROB_FAKE"
+OUTPUT_IS_FAKE = "IS_FAKE"
+OUTPUT_LOGIT = "LOGIT"
+OUTPUT_NAMES = (OUTPUT_PROB, OUTPUT_IS_FAKE, OUTPUT_LOGIT)
+
+_UNAVAILABLE = "UNAVAILABLE"
+# Triton reports a model that is unknown, loading or unloaded with these phrases, under UNAVAILABLE, NOT_FOUND or
+# (for some code paths) INVALID_ARGUMENT; they must not be mistaken for a bad image.
+_MODEL_NOT_READY = re.compile(
+    r"unknown model|has no available versions|not at ready state|model\b.*\bis not ready", re.IGNORECASE
+)
+
+T = TypeVar("T")
+
+
+class DetectorClientError(Exception):
+    """Base of every error this client raises about the server or a request.
+
+    Attributes:
+        message: why, in one line.
+        status: the gRPC status the server or the transport gave (``"StatusCode.UNAVAILABLE"``), or None.
+    """
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ServerUnavailableError(DetectorClientError):
+    """The server cannot be reached, is not live or not ready, or answered UNAVAILABLE."""
+
+
+class ModelNotReadyError(DetectorClientError):
+    """The server is up but the model is unknown, still loading or unloaded."""
+
+
+class InvalidImageError(DetectorClientError):
+    """The server rejected the image (corrupt, empty, unsupported, too large); ``reason`` is its explanation."""
+
+    @property
+    def reason(self) -> str:
+        """The server's explanation, verbatim."""
+        return self.message
+
+
+class RequestTimeoutError(DetectorClientError):
+    """The request did not complete within the client timeout (DEADLINE_EXCEEDED)."""
+
+
+class InferenceError(DetectorClientError):
+    """Any other failure (internal server error, malformed response, cancelled request, ...)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The detector's answer for one image."""
+
+    prob_fake: float
+    is_fake: bool
+    logit: float
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Connection, timeout, retry and concurrency settings.
+
+    Attributes:
+        url: gRPC endpoint, ``host:port``.
+        model_name: the served ensemble.
+        timeout_s: end-to-end limit of one request (each retry gets a fresh one), seconds.
+        retries: how many times an UNAVAILABLE request is retried; 0 disables retries.
+        backoff_base_s: the first retry waits up to this long; each further retry doubles the ceiling.
+        backoff_max_s: ceiling of any single wait; the actual wait is uniform in [0, ceiling] (full jitter).
+        max_in_flight: most requests outstanding at once per client.
+        ssl: use a TLS channel.
+        root_certificates: PEM file of the root certificates; None uses gRPC's default roots.
+        private_key: PEM file of the client's private key (mutual TLS).
+        certificate_chain: PEM file of the client's certificate chain (mutual TLS).
+    """
+
+    url: str = "127.0.0.1:8001"
+    model_name: str = "deepfake_detector"
+    timeout_s: float = 30.0
+    retries: int = 3
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    max_in_flight: int = 16
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("url must be host:port, got an empty string")
+        if not self.model_name:
+            raise ValueError("model_name must not be empty")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.backoff_base_s < 0 or self.backoff_max_s < 0:
+            raise ValueError(
+                f"backoff times must be >= 0, got base {self.backoff_base_s} and max {self.backoff_max_s}"
+            )
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        tls_files = (self.root_certificates, self.private_key, self.certificate_chain)
+        if not self.ssl and any(path is not None for path in tls_files):
+            raise ValueError("root_certificates, private_key and certificate_chain need ssl=True")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("mutual TLS needs both private_key and certificate_chain")
+
+    def grpc_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for tritonclient's (sync or aio) ``InferenceServerClient``."""
+        return {
+            "url": self.url,
+            "ssl": self.ssl,
+            "root_certificates": self.root_certificates,
+            "private_key": self.private_key,
+            "certificate_chain": self.certificate_chain,
+        }
+
+
+def error_from_triton(exc: InferenceServerException) -> DetectorClientError:
+    """Map a tritonclient exception onto the client's error classes by its gRPC status and message."""
+    status = exc.status()
+    message = exc.message() if exc.message() is not None else str(exc)
+    message = " ".join(str(message).split()) or "no message"
+    code = (status or "").rsplit(".", 1)[-1]
+    if code in (_UNAVAILABLE, "NOT_FOUND", "INVALID_ARGUMENT") and _MODEL_NOT_READY.search(message):
+        return ModelNotReadyError(message, status)
+    if code == _UNAVAILABLE:
+        return ServerUnavailableError(message, status)
+    if code == "INVALID_ARGUMENT":
+        return InvalidImageError(message, status)
+    if code == "DEADLINE_EXCEEDED":
+        return RequestTimeoutError(message, status)
+    return InferenceError(f"[{code}] {message}" if code else message, status)
+
+
+def is_retryable(error: DetectorClientError) -> bool:
+    """True for errors worth retrying: UNAVAILABLE answers and connection failures, nothing else."""
+    return isinstance(error, ServerUnavailableError) or (error.status or "").endswith(_UNAVAILABLE)
+
+
+def backoff_delay(attempt: int, config: ClientConfig, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: full jitter under a doubling, capped ceiling."""
+    ceiling = min(config.backoff_max_s, config.backoff_base_s * (2.0**attempt))
+    return ceiling * rand()
+
+
+def _call_with_retries(
+    call: Callable[[], T],
+    config: ClientConfig,
+    sleep: Callable[[float], None] = time.sleep,
+    rand: Callable[[], float] = random.random,
+) -> T:
+    """Run ``call`` (one gRPC request), retrying retryable failures up to ``config.retries`` times.
+
+    Raises:
+        DetectorClientError: the mapped failure of the last attempt.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except InferenceServerException as exc:
+            error = error_from_triton(exc)
+            if not is_retryable(error) or attempt >= config.retries:
+                raise error from exc
+        delay = backoff_delay(attempt, config, rand)
+        attempt += 1
+        logger.info("%s; retry %d/%d in %.3f s", error.message, attempt, config.retries, delay)
+        sleep(delay)
+
+
+async def _acall_with_retries(
+    call: Callable[[], Awaitable[T]],
+    config: ClientConfig,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+) -> T:
+    """Asyncio twin of ``_call_with_retries``; ``call`` returns a fresh awaitable per attempt."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except InferenceServerException as exc:
+            error = error_from_triton(exc)
+            if not is_retryable(error) or attempt >= config.retries:
+                raise error from exc
+        delay = backoff_delay(attempt, config, rand)
+        attempt += 1
+        logger.info("%s; retry %d/%d in %.3f s", error.message, attempt, config.retries, delay)
+        await sleep(delay)
+
+
+def _as_bytes(image: bytes | bytearray | memoryview) -> bytes:
+    """Accept any bytes-like payload; anything else is a programming error."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (bytearray, memoryview)):
+        return bytes(image)
+    raise TypeError(f"an image must be the encoded file's bytes, got {type(image).__name__}")
+
+
+def _build_request(image: bytes) -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput]]:
+    """One image -> the ``IMAGE_BYTES`` [1, 1] BYTES input and the requested outputs (sync and aio share them)."""
+    data = np.array([image], dtype=object).reshape(-1, 1)
+    infer_input = grpcclient.InferInput(INPUT_NAME, list(data.shape), "BYTES")
+    infer_input.set_data_from_numpy(data)
+    return [infer_input], [grpcclient.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+
+
+def _parse_result(result: Any) -> Prediction:
+    """First row of an ``InferResult`` -> ``Prediction``.
+
+    Raises:
+        InferenceError: an output is missing or empty.
+    """
+    values = {}
+    for name in OUTPUT_NAMES:
+        array = result.as_numpy(name)
+        if array is None or array.size == 0:
+            raise InferenceError(f"the server's response lacks output {name}")
+        values[name] = array.reshape(-1)[0]
+    return Prediction(
+        prob_fake=float(values[OUTPUT_PROB]),
+        is_fake=bool(values[OUTPUT_IS_FAKE]),
+        logit=float(values[OUTPUT_LOGIT]),
+    )
+
+
+def _check_tls_files(config: ClientConfig) -> None:
+    """Fail at construction, not at the first request, when a TLS file cannot be read.
+
+    Raises:
+        OSError: a configured file is missing or unreadable.
+    """
+    for path in (config.root_certificates, config.private_key, config.certificate_chain):
+        if path is not None:
+            with open(path, "rb"):
+                pass
+
+
+def _server_error(config: ClientConfig, error: DetectorClientError) -> DetectorClientError:
+    """Rephrase a failed health probe as a one-line error that names the server."""
+    if isinstance(error, ModelNotReadyError):
+        return ModelNotReadyError(
+            f"model '{config.model_name}' is not ready on the Triton server at {config.url}: {error.message}",
+            error.status,
+        )
+    if isinstance(error, (ServerUnavailableError, RequestTimeoutError)):
+        return ServerUnavailableError(
+            f"cannot reach the Triton server at {config.url}: {error.message}", error.status
+        )
+    return error
+
+
+def _readiness_error(config: ClientConfig, live: bool, ready: bool, model_ready: bool) -> DetectorClientError | None:
+    """The error that describes the first failed health flag, or None when all are set."""
+    if not live:
+        return ServerUnavailableError(f"the Triton server at {config.url} is not live")
+    if not ready:
+        return ServerUnavailableError(f"the Triton server at {config.url} is not ready")
+    if not model_ready:
+        return ModelNotReadyError(f"model '{config.model_name}' is not ready on the Triton server at {config.url}")
+    return None
+
+
+class DetectorClient:
+    """Synchronous client; thread-safe. Use as a context manager or call ``close()``."""
+
+    def __init__(self, config: ClientConfig = ClientConfig()) -> None:
+        """Open a channel (connection happens lazily, on the first request).
+
+        Raises:
+            OSError: a configured TLS file cannot be read.
+        """
+        _check_tls_files(config)
+        self._config = config
+        self._client = grpcclient.InferenceServerClient(**config.grpc_client_kwargs())
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def config(self) -> ClientConfig:
+        """The settings this client was built with."""
+        return self._config
+
+    def __enter__(self) -> DetectorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker threads and close the channel; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self._client.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("DetectorClient is closed")
+
+    def _probe(self) -> DetectorClientError | None:
+        """One round of health checks; returns the problem, or None when the model can serve."""
+        timeout = self._config.timeout_s
+        try:
+            live = self._client.is_server_live(client_timeout=timeout)
+            ready = live and self._client.is_server_ready(client_timeout=timeout)
+            model_ready = ready and self._client.is_model_ready(self._config.model_name, client_timeout=timeout)
+        except InferenceServerException as exc:
+            return _server_error(self._config, error_from_triton(exc))
+        return _readiness_error(self._config, live, ready, model_ready)
+
+    def wait_until_ready(self, timeout_s: float = 30.0, poll_interval_s: float = 0.5) -> None:
+        """Poll until the server is live and ready and the model is ready; ``timeout_s=0`` checks once.
+
+        Raises:
+            ServerUnavailableError: the server is unreachable, not live or not ready when time runs out.
+            ModelNotReadyError: the server is up but the model is not ready when time runs out.
+        """
+        self._check_open()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            problem = self._probe()
+            if problem is None:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise problem
+            logger.info("waiting for the server: %s", problem.message)
+            time.sleep(min(poll_interval_s, remaining))
+
+    def classify(self, image: bytes) -> Prediction:
+        """Classify one encoded image (JPEG, PNG, ...).
+
+        Raises:
+            InvalidImageError: the server rejected the image.
+            ServerUnavailableError: still UNAVAILABLE after all retries.
+            ModelNotReadyError: the model is not loaded.
+            RequestTimeoutError: no answer within ``timeout_s``.
+            InferenceError: any other failure.
+        """
+        self._check_open()
+        inputs, outputs = _build_request(_as_bytes(image))
+        result = _call_with_retries(
+            lambda: self._client.infer(
+                self._config.model_name, inputs, outputs=outputs, client_timeout=self._config.timeout_s
+            ),
+            self._config,
+        )
+        return _parse_result(result)
+
+    def _classify_or_error(self, image: bytes) -> Prediction | DetectorClientError:
+        try:
+            return self.classify(image)
+        except DetectorClientError as error:
+            return error
+
+    def classify_many(self, images: Iterable[bytes]) -> list[Prediction | DetectorClientError]:
+        """Classify many images, one request each, up to ``max_in_flight`` at once.
+
+        Returns:
+            One entry per image, in input order: its ``Prediction`` or the ``DetectorClientError`` it failed with.
+        """
+        self._check_open()
+        payloads = [_as_bytes(image) for image in images]
+        if not payloads:
+            return []
+        with self._lock:
+            self._check_open()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._config.max_in_flight, thread_name_prefix="detector-client"
+                )
+            pool = self._pool
+        return list(pool.map(self._classify_or_error, payloads))
+
+
+class AsyncDetectorClient:
+    """Asyncio client on ``tritonclient.grpc.aio``; use it from one event loop (``async with`` or ``close()``)."""
+
+    def __init__(self, config: ClientConfig = ClientConfig()) -> None:
+        """Validate the settings; the channel opens on first use, inside the running event loop.
+
+        Raises:
+            OSError: a configured TLS file cannot be read.
+        """
+        _check_tls_files(config)
+        self._config = config
+        self._client: aiogrpcclient.InferenceServerClient | None = None
+        self._semaphore = asyncio.Semaphore(config.max_in_flight)
+        self._closed = False
+
+    @property
+    def config(self) -> ClientConfig:
+        """The settings this client was built with."""
+        return self._config
+
+    async def __aenter__(self) -> AsyncDetectorClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; idempotent."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def _grpc(self) -> aiogrpcclient.InferenceServerClient:
+        if self._closed:
+            raise RuntimeError("AsyncDetectorClient is closed")
+        if self._client is None:
+            self._client = aiogrpcclient.InferenceServerClient(**self._config.grpc_client_kwargs())
+        return self._client
+
+    async def _probe(self) -> DetectorClientError | None:
+        client, timeout = self._grpc(), self._config.timeout_s
+        try:
+            live = await client.is_server_live(client_timeout=timeout)
+            ready = live and await client.is_server_ready(client_timeout=timeout)
+            model_ready = ready and await client.is_model_ready(self._config.model_name, client_timeout=timeout)
+        except InferenceServerException as exc:
+            return _server_error(self._config, error_from_triton(exc))
+        return _readiness_error(self._config, live, ready, model_ready)
+
+    async def wait_until_ready(self, timeout_s: float = 30.0, poll_interval_s: float = 0.5) -> None:
+        """Poll until the server is live and ready and the model is ready; ``timeout_s=0`` checks once.
+
+        Raises:
+            ServerUnavailableError: the server is unreachable, not live or not ready when time runs out.
+            ModelNotReadyError: the server is up but the model is not ready when time runs out.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            problem = await self._probe()
+            if problem is None:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise problem
+            logger.info("waiting for the server: %s", problem.message)
+            await asyncio.sleep(min(poll_interval_s, remaining))
+
+    async def classify(self, image: bytes) -> Prediction:
+        """Classify one encoded image; waits for a free slot when ``max_in_flight`` requests are out.
+
+        Raises:
+            InvalidImageError: the server rejected the image.
+            ServerUnavailableError: still UNAVAILABLE after all retries.
+            ModelNotReadyError: the model is not loaded.
+            RequestTimeoutError: no answer within ``timeout_s``.
+            InferenceError: any other failure.
+        """
+        client = self._grpc()
+        inputs, outputs = _build_request(_as_bytes(image))
+        async with self._semaphore:
+            result = await _acall_with_retries(
+                lambda: client.infer(
+                    self._config.model_name, inputs, outputs=outputs, client_timeout=self._config.timeout_s
+                ),
+                self._config,
+            )
+        return _parse_result(result)
+
+    async def _classify_or_error(self, image: bytes) -> Prediction | DetectorClientError:
+        try:
+            return await self.classify(image)
+        except DetectorClientError as error:
+            return error
+
+    async def classify_many(self, images: Iterable[bytes]) -> list[Prediction | DetectorClientError]:
+        """Classify many images, one request each, up to ``max_in_flight`` at once.
+
+        Returns:
+            One entry per image, in input order: its ``Prediction`` or the ``DetectorClientError`` it failed with.
+        """
+        payloads = [_as_bytes(image) for image in images]
+        return list(await asyncio.gather(*(self._classify_or_error(image) for image in payloads)))
+
+
+__all__ = [
+    "AsyncDetectorClient",
+    "ClientConfig",
+    "DetectorClient",
+    "DetectorClientError",
+    "InferenceError",
+    "InvalidImageError",
+    "ModelNotReadyError",
+    "Prediction",
+    "RequestTimeoutError",
+    "ServerUnavailableError",
+    "error_from_triton",
+]

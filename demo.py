@@ -1,0 +1,191 @@
+"""The main job, end to end: data -> training -> ONNX export -> Triton (CPU) -> gRPC client -> a first figure.
+
+Every step caches its output under ``--artifacts``; a second run reuses what the first built.
+
+Example::
+
+    python demo.py --artifacts artifacts          # what `make demo` runs
+    python demo.py --artifacts artifacts --only-build   # stop after writing the repository (`make serve` uses it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("demo")
+
+IMAGE_SIZE = 64
+BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    artifacts: Path
+    only_build: bool
+    retrain: bool
+    epochs: int
+    seed: int
+
+    @property
+    def data(self) -> Path:
+        return self.artifacts / "data" / "offline"
+
+    @property
+    def run(self) -> Path:
+        return self.artifacts / "runs" / "demo"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run / "checkpoint"
+
+    @property
+    def repository(self) -> Path:
+        return self.artifacts / "repository" / "cpu"
+
+
+def step(title: str) -> None:
+    print(f"\n==> {title}", flush=True)
+
+
+def run_module(*args: str) -> None:
+    """Run a project command in a child process, its progress bars on this terminal."""
+    subprocess.run([sys.executable, "-m", *args], check=True)
+
+
+def build_data(cfg: DemoConfig) -> None:
+    step(f"Dataset (offline, cached): {cfg.data}")
+    run_module("training.offline_data", "--out", str(cfg.data), "--seed", str(cfg.seed),
+               "--image-size", str(IMAGE_SIZE))
+
+
+def train(cfg: DemoConfig) -> None:
+    step(f"Detector: {BACKBONE} at {IMAGE_SIZE}px, frequency masking 15% (cached): {cfg.checkpoint}")
+    if (cfg.checkpoint / "metadata.json").is_file() and not cfg.retrain:
+        print("reusing the trained checkpoint (--retrain to train again)")
+        return
+    run_module("training.train", "--data", str(cfg.data), "--out", str(cfg.run), "--backbone", BACKBONE,
+               "--pretrained", "--image-size", str(IMAGE_SIZE), "--epochs", str(cfg.epochs), "--mask", "frequency",
+               "--mask-band", "all", "--mask-ratio", "0.15", "--seed", str(cfg.seed))
+
+
+def export(cfg: DemoConfig) -> None:
+    step(f"Export: ONNX (FFT stage as MatMul) + Triton CPU repository: {cfg.repository}")
+    stamp = cfg.repository / "detector" / "1" / "model.onnx"
+    weights = cfg.checkpoint / "model.safetensors"
+    if stamp.is_file() and stamp.stat().st_mtime >= weights.stat().st_mtime:
+        print("reusing the exported repository")
+        return
+    run_module("export", "repo", "--checkpoint", str(cfg.checkpoint), "--target", "cpu", "--out",
+               str(cfg.repository), "--report", str(cfg.run / "onnx_parity.json"))
+
+
+def sample_images(cfg: DemoConfig, per_class: int = 3) -> list[tuple[str, int, Path]]:
+    """A few test images of every generator family: (family, label, path)."""
+    rng = random.Random(cfg.seed)
+    picked = []
+    for family in sorted(p for p in (cfg.data / "testing").iterdir() if p.is_dir()):
+        for label, folder in ((0, "0_real"), (1, "1_fake")):
+            files = sorted((family / folder).glob("*.png"))
+            picked += [(family.name, label, f) for f in rng.sample(files, min(per_class, len(files)))]
+    return picked
+
+
+def serve_and_classify(cfg: DemoConfig) -> None:
+    from client import ClientConfig, DetectorClient
+    from triton_repo.server import ServerConfig, TritonServer
+
+    step("Serve: tritonserver (python backend) on 127.0.0.1, free ports")
+    with TritonServer(ServerConfig(model_repository=cfg.repository)) as server:
+        print(f"ready: gRPC {server.grpc_url}")
+        with DetectorClient(ClientConfig(url=server.grpc_url)) as client:
+            client.wait_until_ready(timeout_s=60)
+            step("Classify through gRPC (unseen families were never in training)")
+            samples = sample_images(cfg)
+            results = client.classify_many([path.read_bytes() for _, _, path in samples])
+            print(f"{'family':<16} {'truth':<6} {'prob_fake':>9}  decision  file")
+            correct = 0
+            for (family, label, path), result in zip(samples, results):
+                if isinstance(result, Exception):
+                    print(f"{family:<16} {'fake' if label else 'real':<6} {'error':>9}  {result}")
+                    continue
+                correct += int(result.is_fake == bool(label))
+                print(f"{family:<16} {'fake' if label else 'real':<6} {result.prob_fake:9.4f}  "
+                      f"{'FAKE' if result.is_fake else 'real':<8}  {path.name}")
+            print(f"{correct}/{len(samples)} correct at the calibrated threshold")
+
+            step("A first throughput / latency figure (benchmarks/perf.py measures properly)")
+            payloads = [path.read_bytes() for _, _, path in samples] * 8
+            measure(client, payloads, concurrency=1)
+            measure(client, payloads, concurrency=4)
+    print("server stopped")
+
+
+def measure(client, payloads: list[bytes], concurrency: int) -> None:
+    def one(payload: bytes) -> float:
+        start = time.perf_counter()
+        client.classify(payload)
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, payloads[:concurrency * 2]))  # warm-up
+        start = time.perf_counter()
+        latencies = sorted(pool.map(one, payloads))
+        elapsed = time.perf_counter() - start
+    p50 = statistics.median(latencies) * 1e3
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3
+    print(f"concurrency {concurrency}: {len(payloads) / elapsed:6.1f} images/s, latency p50 {p50:.1f} ms, "
+          f"p99 {p99:.1f} ms ({len(payloads)} requests)")
+
+
+def summary(cfg: DemoConfig) -> None:
+    meta = json.loads((cfg.checkpoint / "metadata.json").read_text())
+    threshold = meta["threshold"]
+    print(f"\ncheckpoint {cfg.checkpoint}: threshold {threshold['value']:.4f} ({threshold['method']}"
+          f", target FPR {threshold.get('target_fpr')})")
+    if meta.get("metrics"):
+        print("validation metrics:", json.dumps(meta["metrics"], sort_keys=True))
+    parity = cfg.run / "onnx_parity.json"
+    if parity.is_file():
+        report = json.loads(parity.read_text())
+        print(f"ONNX vs PyTorch: max |logit diff| {report['max_abs_logit_diff']:.2e} at batch sizes "
+              f"{report['batch_sizes']}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for every step")
+    parser.add_argument("--only-build", action="store_true", help="stop after writing the model repository")
+    parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = DemoConfig(artifacts=args.artifacts, only_build=args.only_build, retrain=args.retrain,
+                     epochs=args.epochs, seed=args.seed)
+    start = time.monotonic()
+    build_data(cfg)
+    train(cfg)
+    export(cfg)
+    summary(cfg)
+    if not cfg.only_build:
+        serve_and_classify(cfg)
+    print(f"\ndone in {time.monotonic() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

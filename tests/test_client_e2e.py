@@ -1,0 +1,109 @@
+"""The client library and CLI against the real tritonserver over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client import (
+    AsyncDetectorClient,
+    ClientConfig,
+    DetectorClient,
+    InvalidImageError,
+    ModelNotReadyError,
+    Prediction,
+    RequestTimeoutError,
+)
+from tests.conftest import encode, photo_like
+
+pytestmark = pytest.mark.triton
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BAD = [b"", b"definitely not an image", encode(photo_like(100, 100, 3), "JPEG")[:400]]
+
+
+def _expected(url: str, payload: bytes) -> float:
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([payload], dtype=object).reshape(-1, 1))
+    return float(grpcclient.InferenceServerClient(url).infer("deepfake_detector", [tensor]).as_numpy("PROB_FAKE")[0, 0])
+
+
+def test_classify_and_classify_many(triton_server, mixed_images):
+    images = list(mixed_images.values())
+    payloads = images[:3] + BAD + images[3:]
+    with DetectorClient(ClientConfig(url=triton_server.grpc_url, max_in_flight=8)) as client:
+        client.wait_until_ready(timeout_s=30)
+        single = client.classify(images[0])
+        results = client.classify_many(payloads)
+    assert isinstance(single, Prediction)
+    assert single.prob_fake == pytest.approx(_expected(triton_server.grpc_url, images[0]), abs=1e-6)
+    assert len(results) == len(payloads)
+    for payload, result in zip(payloads, results):
+        if payload in BAD:
+            assert isinstance(result, InvalidImageError), result
+        else:
+            assert isinstance(result, Prediction), result
+            assert result.prob_fake == pytest.approx(_expected(triton_server.grpc_url, payload), abs=1e-6)
+    assert "empty payload" in results[3].reason and "not a recognised image" in results[4].reason
+
+
+def test_async_client(triton_server, mixed_images):
+    payloads = list(mixed_images.values())[:4] + BAD
+
+    async def scenario():
+        async with AsyncDetectorClient(ClientConfig(url=triton_server.grpc_url, max_in_flight=4)) as client:
+            await client.wait_until_ready(timeout_s=30)
+            return await client.classify_many(payloads)
+
+    results = asyncio.run(scenario())
+    assert [type(r) for r in results] == [Prediction] * 4 + [InvalidImageError] * 3
+
+
+def test_timeout_and_unknown_model(triton_server, mixed_images):
+    with DetectorClient(ClientConfig(url=triton_server.grpc_url, timeout_s=1e-4)) as client:
+        with pytest.raises(RequestTimeoutError):
+            client.classify(mixed_images["large.jpg"])
+    with DetectorClient(ClientConfig(url=triton_server.grpc_url, model_name="no_such_model")) as client:
+        with pytest.raises(ModelNotReadyError, match="no_such_model"):
+            client.wait_until_ready(timeout_s=0)
+        with pytest.raises(ModelNotReadyError):
+            client.classify(mixed_images["rgb.png"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "client", *args], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=REPO_ROOT)
+
+
+def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
+    good = tmp_path / "images"
+    (good / "nested").mkdir(parents=True)
+    for i, (name, data) in enumerate(mixed_images.items()):
+        (good / ("nested" if i % 2 else "") / name).write_bytes(data)
+    proc = _cli("classify", str(good), "--url", triton_server.grpc_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == len(mixed_images)
+    for record in records:
+        assert set(record) == {"path", "prob_fake", "is_fake"}
+        assert record["prob_fake"] == pytest.approx(_expected(triton_server.grpc_url, Path(record["path"]).read_bytes()),
+                                                    abs=1e-6)
+
+    (good / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    proc = _cli("classify", str(good), "--url", triton_server.grpc_url, "--json")
+    assert proc.returncode == 1
+    errors = [json.loads(line) for line in proc.stdout.splitlines() if "error" in json.loads(line)]
+    assert len(errors) == 1 and errors[0]["path"].endswith("broken.jpg")
+
+    proc = _cli("classify", str(good), "--url", triton_server.grpc_url, "--model", "no_such_model")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
