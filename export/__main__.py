@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx
+from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
 from triton_repo.layout import Target, write_repository
 
 logger = logging.getLogger("export")
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 artifact = Path(tmp) / "model.onnx"
                 _export(args, artifact)
-                write_repository(target, args.out, metadata, artifact)
+                # The repository carries the metadata as exported (e.g. with --masks applied).
+                write_repository(target, args.out, read_onnx_metadata(artifact), artifact)
         print(f"wrote {target.value} repository {args.out}")
         return 0
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
