@@ -1,0 +1,382 @@
+"""Latency and throughput of the detector: the Triton ensemble over gRPC/HTTP and, side by side, in-process runtimes.
+
+With no arguments it serves the default CPU repository on a local tritonserver (built if missing), sweeps
+concurrency 1, 2, 4 over gRPC and prints a table; results go to ``artifacts/perf/`` as JSON, CSV and a plot.
+
+Examples::
+
+    python benchmarks/perf.py                                   # local server, short sweep
+    python benchmarks/perf.py --compare                         # + PyTorch eager, ONNX Runtime, HTTP, FFT stage
+    python benchmarks/perf.py --url 10.0.0.5:8001 --concurrency 1,8,32,64 --input-dir photos/
+    python benchmarks/perf.py --request-rate 50,100,200 --arrivals poisson   # open loop
+    python benchmarks/perf.py --perf-analyzer                   # cross-check with NVIDIA perf_analyzer
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.backends import (  # noqa: E402
+    MODEL,
+    Backend,
+    InProcessSender,
+    Protocol,
+    SharedMemory,
+    TritonSender,
+    onnxruntime_runner,
+    pytorch_runner,
+    server_statistics,
+    statistics_delta,
+)
+from benchmarks.loadgen import Arrivals, LevelResult, WindowPolicy, closed_loop, latency_summary_ms, open_loop  # noqa: E402
+from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
+from core.metadata import DetectorMetadata  # noqa: E402
+
+logger = logging.getLogger("perf")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    url: str | None
+    model: str
+    protocol: Protocol
+    concurrency: tuple[int, ...]
+    request_rate: tuple[float, ...]
+    arrivals: Arrivals
+    batch_size: int
+    policy: WindowPolicy
+    input_dir: Path | None
+    payload: str
+    image_size: int
+    num_images: int
+    shared_memory: SharedMemory
+    compare: bool
+    compare_batches: tuple[int, ...]
+    perf_analyzer: bool
+    repository: Path
+    checkpoint: Path | None
+    json: Path | None
+    csv: Path | None
+    plot: Path | None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--url", default=None, help="host:port of a running server (default: start a local one)")
+    p.add_argument("--model", default=MODEL, help="model to call")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--concurrency", default="1,2,4", help="closed-loop levels, comma-separated")
+    p.add_argument("--request-rate", default="", help="open-loop request rates per second (replaces --concurrency)")
+    p.add_argument("--arrivals", default="poisson", choices=[a.value for a in Arrivals], help="open-loop arrivals")
+    p.add_argument("--batch-size", type=int, default=1, help="images per request")
+    p.add_argument("--duration", type=float, default=12.0, help="most seconds measured per level")
+    p.add_argument("--window", type=float, default=1.5, help="seconds per measurement window")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per level, not counted")
+    p.add_argument("--stability", type=float, default=0.10, help="windows agree within this fraction")
+    p.add_argument("--input-dir", type=Path, default=None, help="real images to send (default: generated)")
+    p.add_argument("--payload", default="jpeg", choices=["jpeg", "png"], help="encoding of generated images")
+    p.add_argument("--image-size", type=int, default=256, help="side of generated images")
+    p.add_argument("--num-images", type=int, default=32, help="distinct images to cycle through")
+    p.add_argument("--shared-memory", default="none", choices=[s.value for s in SharedMemory],
+                   help="send inputs through system shared memory (local server only; cuda: GPU only)")
+    p.add_argument("--compare", action="store_true",
+                   help="also PyTorch eager and ONNX Runtime in-process, Triton over gRPC and HTTP, FFT stage cost")
+    p.add_argument("--compare-batches", default="1,8,32", help="batch sizes tried for in-process backends")
+    p.add_argument("--perf-analyzer", action="store_true", help="cross-check with NVIDIA perf_analyzer")
+    p.add_argument("--repository", type=Path, default=ROOT / "artifacts" / "repository" / "cpu",
+                   help="CPU model repository to serve (built if missing)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the in-process backends")
+    p.add_argument("--json", type=Path, default=ROOT / "artifacts" / "perf" / "perf.json")
+    p.add_argument("--csv", type=Path, default=ROOT / "artifacts" / "perf" / "perf.csv")
+    p.add_argument("--plot", type=Path, default=ROOT / "artifacts" / "perf" / "perf.png")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PerfConfig:
+    windows = max(3, int(round(args.duration / args.window)))
+    return PerfConfig(
+        url=args.url, model=args.model, protocol=Protocol(args.protocol),
+        concurrency=tuple(_ints(args.concurrency)), request_rate=tuple(_floats(args.request_rate)),
+        arrivals=Arrivals(args.arrivals), batch_size=args.batch_size,
+        policy=WindowPolicy(window_s=args.window, warmup_s=args.warmup, stability=args.stability,
+                            max_windows=windows),
+        input_dir=args.input_dir, payload=args.payload, image_size=args.image_size, num_images=args.num_images,
+        shared_memory=SharedMemory(args.shared_memory), compare=args.compare,
+        compare_batches=tuple(_ints(args.compare_batches)), perf_analyzer=args.perf_analyzer,
+        repository=args.repository, checkpoint=args.checkpoint, json=args.json, csv=args.csv, plot=args.plot,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def generated_payloads(n: int, size: int, fmt: str, seed: int = 0) -> list[bytes]:
+    """Photo-like images (smooth structure, edges, noise) encoded as JPEG (quality 90) or PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = []
+    for _ in range(n):
+        base = 120 + 80 * np.sin(xx / rng.uniform(4, 40)) * np.cos(yy / rng.uniform(4, 40))
+        rgb = np.stack([base + rng.uniform(-40, 40) for _ in range(3)], -1) + rng.normal(0, 6, (size, size, 3))
+        buf = io.BytesIO()
+        image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+        image.save(buf, "JPEG", quality=90) if fmt == "jpeg" else image.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def directory_payloads(folder: Path, limit: int) -> list[bytes]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+    if not files:
+        raise SystemExit(f"error: no images under {folder}")
+    return [p.read_bytes() for p in files[:limit]]
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+def default_checkpoint() -> Path:
+    for candidate in (ROOT / "detectors" / "default", ROOT / "artifacts" / "runs" / "demo" / "checkpoint"):
+        if (candidate / "metadata.json").is_file():
+            return candidate
+    raise SystemExit("error: no checkpoint found; run 'make demo' first or pass --checkpoint")
+
+
+def ensure_repository(cfg: PerfConfig) -> Path:
+    """The CPU repository to serve, exported from the checkpoint when missing."""
+    if (cfg.repository / "detector" / "1" / "model.onnx").is_file():
+        return cfg.repository
+    checkpoint = cfg.checkpoint or default_checkpoint()
+    print(f"building {cfg.repository} from {checkpoint}", flush=True)
+    subprocess.run([sys.executable, "-m", "export", "repo", "--checkpoint", str(checkpoint), "--target", "cpu",
+                    "--out", str(cfg.repository)], check=True, cwd=ROOT)
+    return cfg.repository
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+def record(backend: str, protocol: str, level: LevelResult, batch_size: int, concurrency: int | None,
+           rate: float | None, server: dict | None = None) -> RunRecord:
+    s = level.samples
+    return RunRecord(
+        backend=backend, protocol=protocol, concurrency=concurrency, request_rate=rate, batch_size=batch_size,
+        throughput_ips=s.throughput_rps * batch_size, throughput_rps=s.throughput_rps,
+        latency_ms=latency_summary_ms(s.latencies), samples=len(s.latencies), errors=s.errors,
+        windows=level.windows, stable=level.stable, server=server or {}, error_messages=s.error_messages,
+    )
+
+
+def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list[bytes]) -> list[RunRecord]:
+    sender = TritonSender(url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory)
+    runs = []
+    try:
+        levels = [(None, r) for r in cfg.request_rate] or [(c, None) for c in cfg.concurrency]
+        for concurrency, rate in levels:
+            before = server_statistics(sender)
+            if rate is None:
+                level = closed_loop(sender, concurrency, cfg.policy)
+            else:
+                level = open_loop(sender, rate / 1.0, cfg.arrivals, cfg.policy)
+            server = statistics_delta(before, server_statistics(sender))
+            runs.append(record("triton", protocol.value, level, cfg.batch_size, concurrency, rate, server))
+            print(format_table(runs[-1:]).splitlines()[-1], flush=True)
+    finally:
+        sender.close()
+    return runs
+
+
+def measure_inprocess(cfg: PerfConfig, backend: Backend, runner, metadata: DetectorMetadata,
+                      payloads: list[bytes]) -> list[RunRecord]:
+    runs = []
+    for batch in cfg.compare_batches:
+        sender = InProcessSender(runner, metadata, payloads, batch)
+        level = closed_loop(sender, 1, cfg.policy)
+        runs.append(record(backend.value, Protocol.INPROCESS.value, level, batch, 1, None))
+        print(format_table(runs[-1:]).splitlines()[-1], flush=True)
+    return runs
+
+
+def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 20) -> list[dict]:
+    """Milliseconds per batch of the FFT stage alone, per implementation, at the checkpoint's input size."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from core.fft import apply_fft_stage, inference_masks
+    from core.metadata import FFTStageConfig
+    from training.fft_stage import FFTImpl, FFTStage
+
+    k = max(metadata.fft_stage.masks, 1)
+    h, w = metadata.input_size
+    stage_cfg = FFTStageConfig(**{**asdict(metadata.fft_stage), "masks": k})
+    masks = inference_masks(stage_cfg, h, w)
+    x = np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32)
+
+    def timed(fn) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    results = [("numpy (reference)", timed(lambda: apply_fft_stage(x, masks)))]
+    tx = torch.from_numpy(x)
+    for impl in (FFTImpl.FFT, FFTImpl.MATMUL):
+        stage = FFTStage(torch.from_numpy(masks), h, w, impl).eval()
+        with torch.inference_mode():
+            results.append((f"torch {impl.value}", timed(lambda: stage(tx))))
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = Path(tmp) / "stage.onnx"
+            torch.onnx.export(stage, (tx,), str(path), input_names=["x"], output_names=["y"],
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=20, dynamo=True,
+                              external_data=False, verbose=False)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = "onnxruntime DFT op" if impl is FFTImpl.FFT else "onnxruntime MatMul"
+        results.append((name, timed(lambda: session.run(None, {"x": x}))))
+    return [{"impl": n, "batch_size": batch, "masks": k, "input_size": [h, w], "ms_per_batch": ms}
+            for n, ms in results]
+
+
+def ratios(runs: list[RunRecord]) -> dict[str, float]:
+    """The comparisons the README reports, from this run's figures."""
+    def best(backend: str, protocol: str) -> RunRecord | None:
+        pool = [r for r in runs if r.backend == backend and r.protocol == protocol and r.errors == 0]
+        return max(pool, key=lambda r: r.throughput_ips, default=None)
+
+    out = {}
+    torch_best, ort_best = best("pytorch", "inprocess"), best("onnxruntime", "inprocess")
+    triton_best = best("triton", "grpc")
+    if torch_best and ort_best:
+        out["onnxruntime_over_pytorch_throughput"] = ort_best.throughput_ips / torch_best.throughput_ips
+    if triton_best and ort_best:
+        out["triton_grpc_over_onnxruntime_throughput"] = triton_best.throughput_ips / ort_best.throughput_ips
+    single = [r for r in runs if r.backend == "onnxruntime" and r.batch_size == 1]
+    c1 = [r for r in runs if r.backend == "triton" and r.protocol == "grpc" and r.concurrency == 1]
+    if single and c1:
+        out["triton_p99_c1_over_inprocess_p50_single"] = c1[0].latency_ms["p99"] / single[0].latency_ms["p50"]
+    return out
+
+
+TARGETS = {
+    "onnxruntime_over_pytorch_throughput": (">=", 1.3),
+    "triton_grpc_over_onnxruntime_throughput": (">=", 0.8),
+    "triton_p99_c1_over_inprocess_p50_single": ("<=", 1.5),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    payloads = (directory_payloads(cfg.input_dir, cfg.num_images) if cfg.input_dir
+                else generated_payloads(cfg.num_images, cfg.image_size, cfg.payload))
+    print(f"{len(payloads)} images, {sum(map(len, payloads)) / len(payloads) / 1024:.1f} KiB on average; "
+          f"windows of {cfg.policy.window_s:g} s, stable within {cfg.policy.stability:.0%} over "
+          f"{cfg.policy.stable_windows} windows (at most {cfg.policy.max_windows})", flush=True)
+
+    server = None
+    url = cfg.url
+    if url is None:
+        from triton_repo.server import ServerConfig, TritonServer
+
+        server = TritonServer(ServerConfig(model_repository=ensure_repository(cfg)))
+        server.start()
+        url = server.grpc_url if cfg.protocol is Protocol.GRPC else server.http_url
+    runs: list[RunRecord] = []
+    extra: dict = {}
+    try:
+        print(format_table([]).splitlines()[0], flush=True)
+        runs += measure_triton(cfg, url, cfg.protocol, payloads)
+        if cfg.compare:
+            if server is not None:
+                other = Protocol.HTTP if cfg.protocol is Protocol.GRPC else Protocol.GRPC
+                other_url = server.http_url if other is Protocol.HTTP else server.grpc_url
+                runs += measure_triton(replace(cfg, shared_memory=SharedMemory.NONE), other_url, other, payloads)
+            checkpoint = cfg.checkpoint or default_checkpoint()
+            metadata = DetectorMetadata.load(checkpoint)
+            onnx_path = ensure_repository(cfg) / "detector" / "1" / "model.onnx"
+            runs += measure_inprocess(cfg, Backend.PYTORCH, pytorch_runner(checkpoint), metadata, payloads)
+            runs += measure_inprocess(cfg, Backend.ONNXRUNTIME, onnxruntime_runner(onnx_path), metadata, payloads)
+            extra["fft_stage"] = fft_stage_costs(metadata)
+        if cfg.perf_analyzer:
+            from benchmarks import perf_analyzer
+
+            pa_url = server.grpc_url if server is not None else url
+            extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, payloads, list(cfg.concurrency))
+    finally:
+        if server is not None:
+            server.stop()
+
+    print("\n" + format_table(runs))
+    breakdown = format_server_breakdown(runs)
+    if breakdown:
+        print("\nserver-side, per request (Triton statistics over each level):\n" + breakdown)
+    if "fft_stage" in extra:
+        print("\nFFT stage alone (batch 8, in-process, CPU):")
+        for row in extra["fft_stage"]:
+            print(f"  {row['impl']:<22} {row['ms_per_batch']:8.2f} ms  (K={row['masks']}, {row['input_size']})")
+    if "perf_analyzer" in extra:
+        ours = {r.concurrency: r for r in runs if r.backend == "triton" and r.protocol == "grpc"}
+        print("\nperf_analyzer vs this harness (gRPC, same model and images):")
+        for pa in extra["perf_analyzer"]:
+            mine = ours.get(pa["concurrency"])
+            ratio = pa["throughput_ips"] / mine.throughput_ips if mine and mine.throughput_ips else float("nan")
+            print(f"  concurrency {pa['concurrency']}: perf_analyzer {pa['throughput_ips']:.1f} img/s "
+                  f"p99 {pa['p99_ms']:.1f} ms | ours {mine.throughput_ips if mine else float('nan'):.1f} img/s "
+                  f"p99 {mine.latency_ms['p99'] if mine else float('nan'):.1f} ms | ratio {ratio:.2f}")
+    found = ratios(runs)
+    if found:
+        extra["ratios"] = found
+        print("\nratios (same run):")
+        for key, value in found.items():
+            op, target = TARGETS[key]
+            ok = value >= target if op == ">=" else value <= target
+            print(f"  {key:<42} {value:6.2f}   target {op} {target}  {'met' if ok else 'MISSED'}")
+    errors = sum(r.errors for r in runs)
+    if errors:
+        print(f"\n{errors} requests failed:")
+        for r in runs:
+            for message, count in r.error_messages.items():
+                print(f"  {r.label} x{count}: {message}")
+    config = {k: (str(v) if isinstance(v, (Path, Protocol, SharedMemory, Arrivals)) else v)
+              for k, v in asdict(cfg).items()}
+    config["url"] = url
+    if cfg.json:
+        write_json(cfg.json, config, runs, extra)
+    if cfg.csv:
+        write_csv(cfg.csv, runs)
+    if cfg.plot and runs:
+        write_plot(cfg.plot, runs, f"{cfg.model}, local server, {os.cpu_count()} CPU cores, {len(payloads)} images" if not cfg.url
+                   else f"{cfg.model} at {cfg.url}")
+    written = [str(p) for p in (cfg.json, cfg.csv, cfg.plot) if p]
+    if written:
+        print("\nwrote " + ", ".join(written))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
