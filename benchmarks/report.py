@@ -109,7 +109,8 @@ def write_csv(path: Path, runs: list[RunRecord]) -> None:
 
 
 def write_plot(path: Path, runs: list[RunRecord], title: str) -> None:
-    """Throughput (x) against p99 latency (y), one line per backend/protocol/batch, points labelled by level."""
+    """Throughput (x) against p99 latency (y), one line per backend/protocol; points labelled by concurrency
+    (cN), request rate (R/s) or, in-process, batch size (bN)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,14 +118,18 @@ def write_plot(path: Path, runs: list[RunRecord], title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     groups: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        groups.setdefault(f"{r.label} batch {r.batch_size}", []).append(r)
+    for r in runs:  # in-process: one line across batch sizes; served: one line across load levels
+        key = r.label if r.protocol == "inprocess" else f"{r.label} batch {r.batch_size}"
+        groups.setdefault(key, []).append(r)
     for label, group in groups.items():
         xs = [r.throughput_ips for r in group]
         ys = [r.latency_ms["p99"] for r in group]
         ax.plot(xs, ys, marker="o", label=label)
         for r, x, y in zip(group, xs, ys):
-            tag = f"c{r.concurrency}" if r.concurrency else f"{r.request_rate:g}/s"
+            if r.protocol == "inprocess":
+                tag = f"b{r.batch_size}"
+            else:
+                tag = f"c{r.concurrency}" if r.concurrency else f"{r.request_rate:g}/s"
             ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("throughput (images/s)")
     ax.set_ylabel("p99 latency (ms)")
