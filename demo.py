@@ -166,7 +166,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for every step")
     parser.add_argument("--only-build", action="store_true", help="stop after writing the model repository")
     parser.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

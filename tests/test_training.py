@@ -1,0 +1,203 @@
+"""Training pieces: frequency masks, threshold calibration, datasets and transforms, and a real short training run.
+
+The dataset is the builder's small build (real photos, a real autoencoder generator), made once per session in
+the same directory as in test_offline_data (the builder's cache makes the second request free).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.fft import band_region, masked_count
+from core.metadata import Band, DetectorMetadata
+from core.preprocess import center_crop_or_pad, decode_image
+from training.calibration import false_positive_rate, threshold_at_fpr
+from training.checkpoint import load_detector
+from training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
+from training.masking import MaskKind, MaskSpec, frequency_masks
+from training.offline_data import BuildConfig, Preset, build_dataset
+from training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
+
+# Measured on 2 CPU cores, dataset seed 0, training seeds 0/1/2, 12 epochs: val acc 0.95 / 0.92 / 0.94 and
+# val AP 0.997 / 0.979 / 0.986 (chance: 0.5). The bounds leave a wide margin and stay far above chance.
+MIN_VAL_ACC = 0.75
+MIN_VAL_AP = 0.85
+TRAIN_EPOCHS = 12
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("band", list(Band))
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("ratio", [0.0, 0.15, 0.5, 1.0])
+def test_frequency_masks_exact_count_inside_band(band: Band, per_channel: bool, ratio: float) -> None:
+    height, width = 24, 20
+    masks = frequency_masks(6, height, width, band, ratio, per_channel, torch.Generator().manual_seed(1))
+    assert masks.shape == (6, 3 if per_channel else 1, height, width)
+    assert masks.dtype == torch.float32
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    region = torch.from_numpy(band_region(height, width, band))
+    k = masked_count(band_region(height, width, band), ratio)
+    zeros = masks == 0
+    assert (zeros.sum(dim=(-2, -1)) == k).all()
+    assert not (zeros & ~region).any()
+
+
+def test_frequency_masks_differ_per_sample_and_repeat_per_seed() -> None:
+    a = frequency_masks(8, 32, 32, "all", 0.15, True, torch.Generator().manual_seed(5))
+    b = frequency_masks(8, 32, 32, "all", 0.15, True, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    flat = a.reshape(-1, 32 * 32)
+    assert len({tuple(row.tolist()) for row in flat}) == flat.shape[0]
+
+
+def test_mask_spec_kinds_and_probability() -> None:
+    gen = torch.Generator().manual_seed(0)
+    assert MaskSpec(kind=MaskKind.NONE).sample(4, 16, 16, gen) is None
+    masks = MaskSpec(kind="frequency", band="high", ratio=0.3, probability=0.5).sample(64, 16, 16, gen)
+    masked = (masks == 0).flatten(1).any(dim=1)
+    assert 10 < int(masked.sum()) < 54
+    with pytest.raises(ValueError):
+        MaskSpec(ratio=1.5)
+
+
+def test_all_ones_training_mask_is_identity() -> None:
+    from training.model import Detector
+
+    torch.manual_seed(0)
+    model = Detector(DetectorMetadata(backbone="efficientnet_lite0", input_size=(32, 32))).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = model(images)
+        ones = model(images, train_masks=torch.ones(2, 1, 32, 32))
+    torch.testing.assert_close(plain, ones, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_threshold_at_fpr_is_lowest_threshold_within_target(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    probs = rng.random(n)
+    if seed % 2:  # heavy ties
+        probs = np.round(probs, 1)
+    target = float(rng.choice([0.0, 0.01, 0.05, 0.1, 0.5, 1.0]))
+    t = threshold_at_fpr(probs, target)
+    assert false_positive_rate(probs, t) <= target + 1e-12
+    # Minimal: no lower observed score would also keep the promise.
+    lower = probs[probs < t]
+    if lower.size:
+        assert false_positive_rate(probs, lower.max()) > target
+
+
+def test_threshold_tie_rule_and_edges() -> None:
+    # 20 real scores, 5 % allows 1 false positive; the top two tie, so neither may be admitted.
+    probs = np.array([0.9, 0.9] + [0.1 * i / 18 for i in range(18)])
+    t = threshold_at_fpr(probs, 0.05)
+    assert t > 0.9 and false_positive_rate(probs, t) == 0.0
+    # Without the tie the top score itself is the threshold.
+    probs[0] = 0.95
+    assert threshold_at_fpr(probs, 0.05) == 0.95
+    assert threshold_at_fpr([0.2, 0.4], 0.0) == math.nextafter(0.4, math.inf)
+    assert threshold_at_fpr([0.2, 0.4], 1.0) == 0.2
+    for bad in ([], [0.1, float("nan")]):
+        with pytest.raises(ValueError):
+            threshold_at_fpr(bad, 0.05)
+    with pytest.raises(ValueError):
+        threshold_at_fpr([0.1], 1.5)
+
+
+# -------------------------------------------------------------------------------------------------- datasets
+
+
+def test_dataset_wang_layout_items(small_dataset: Path) -> None:
+    train_set = RealFakeDataset(small_dataset, "training", image_size=64, train=True, seed=3)
+    assert len(train_set) == 192
+    assert train_set.generators == ["ae_transposed"]
+    assert sorted(np.bincount(train_set.labels).tolist()) == [96, 96]
+    image, label, generator = train_set[100]
+    assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
+    assert label.dtype == torch.float32 and float(label) in (0.0, 1.0)
+    assert generator == "ae_transposed"
+    # Augmentation is a function of (seed, epoch, index).
+    assert torch.equal(train_set[7][0], train_set[7][0])
+    val_set = RealFakeDataset(small_dataset, "validation", image_size=48, train=False)
+    expected = center_crop_or_pad(decode_image(val_set.samples[5].path.read_bytes()), (48, 48))
+    assert np.array_equal(val_set[5][0].permute(1, 2, 0).numpy(), expected)
+
+
+def test_dataset_ojha_layout_and_generator_filter(small_dataset: Path) -> None:
+    test_root = small_dataset / "testing"  # <generator>/{0_real,1_fake}: the Ojha layout
+    everything = RealFakeDataset(test_root, image_size=64)
+    assert everything.generators == ["ae_nearest", "ae_transposed"]
+    nearest = scan_samples(test_root, generators=("ae_nearest",))
+    assert {s.generator for s in nearest} == {"ae_nearest"} and len(nearest) == 64
+    with pytest.raises(FileNotFoundError, match="no split"):
+        RealFakeDataset(small_dataset, "nope")
+
+
+def test_training_transforms_pad_crop_blur_jpeg() -> None:
+    rng = np.random.default_rng(0)
+    small = np.full((20, 30, 3), 200, dtype=np.uint8)
+    out = random_crop_or_pad(small, (32, 32), rng)
+    assert out.shape == (32, 32, 3)
+    assert (out == 0).any() and (out == 200).any()
+    big = np.arange(50 * 60 * 3, dtype=np.uint8).reshape(50, 60, 3)
+    assert random_crop_or_pad(big, (32, 32), rng).shape == (32, 32, 3)
+    from training.data import augment_image
+
+    img = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    always = Augment(blur_prob=1.0, jpeg_prob=1.0)
+    changed = augment_image(img, always, np.random.default_rng(2))
+    assert changed.shape == img.shape and changed.dtype == np.uint8 and not np.array_equal(changed, img)
+    assert np.array_equal(augment_image(img, Augment(blur_prob=0.0, jpeg_prob=0.0), rng), img)
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def test_short_training_beats_chance_and_writes_calibrated_checkpoint(small_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=small_dataset, out=tmp_path / "run", backbone="efficientnet_lite0", pretrained=True,
+                         image_size=64, epochs=TRAIN_EPOCHS, batch_size=32, mask="frequency", mask_ratio=0.15,
+                         seed=0, target_fpr=0.05, workers=0)
+    checkpoint = train(config)
+    assert checkpoint == tmp_path / "run" / CHECKPOINT_DIR
+
+    lines = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, TRAIN_EPOCHS + 1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["mask"] == "frequency"
+
+    metadata = DetectorMetadata.load(checkpoint)
+    val = metadata.metrics["val"]
+    assert val["acc"] >= MIN_VAL_ACC, metadata.metrics
+    assert val["ap"] >= MIN_VAL_AP, metadata.metrics
+    assert metadata.threshold.method == THRESHOLD_METHOD and metadata.threshold.target_fpr == 0.05
+    assert metadata.fft_stage.masks == 0
+    assert metadata.input_size == (64, 64) and metadata.backbone == "efficientnet_lite0"
+    assert metadata.training["mask_ratio"] == 0.15
+    assert metadata.metrics["best_epoch"] == max(lines, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]
+
+    # The loaded detector reproduces the calibration: at most 5 % of validation real images called fake.
+    model = load_detector(checkpoint)
+    val_set = RealFakeDataset(small_dataset, "validation", image_size=64)
+    images = torch.stack([val_set[i][0] for i in range(len(val_set))])
+    with torch.no_grad():
+        probs = torch.sigmoid(model(images)).numpy()
+    real = probs[val_set.labels == 0]
+    assert false_positive_rate(real, metadata.threshold.value) <= 0.05
+    recorded = metadata.metrics["val_at_threshold"]["fpr"]
+    assert abs(recorded - false_positive_rate(real, metadata.threshold.value)) <= 1.0 / len(real)
