@@ -58,6 +58,7 @@ class TritonSender:
         self._local = threading.local()
         self._regions: list[tuple[object, object, str]] = []  # (client, handle, name)
         self._lock = threading.Lock()
+        self._shared_client = None  # for async_infer: one gRPC channel is thread-safe
         self.module = self._module()
 
     def _module(self):
@@ -94,8 +95,32 @@ class TritonSender:
                 self._regions.append((client, handle, name))
         return region
 
+    @property
+    def supports_async(self) -> bool:
+        """gRPC without shared memory: requests can be started from callbacks (see ``start``)."""
+        return self.protocol is Protocol.GRPC and self.shared_memory is SharedMemory.NONE
+
+    def start(self, request: int, done: Callable[[BaseException | None], None]) -> None:
+        """Begin one request with ``async_infer``; ``done`` gets None or the error."""
+        if self._shared_client is None:
+            self._shared_client = self.module.InferenceServerClient(self.url)
+        data = np.array(_batch(self.payloads, request, self.batch_size), dtype=object).reshape(-1, 1)
+        tensor = self.module.InferInput("IMAGE_BYTES", list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+
+        def callback(result=None, error=None) -> None:  # tritonclient passes keyword arguments
+            if error is None:
+                prob = result.as_numpy("PROB_FAKE")
+                if prob is None or prob.shape != (self.batch_size, 1):
+                    error = RuntimeError(f"unexpected PROB_FAKE {None if prob is None else prob.shape}")
+            done(error)
+
+        self._shared_client.async_infer(self.model, [tensor], callback,
+                                        outputs=[self.module.InferRequestedOutput("PROB_FAKE")],
+                                        client_timeout=self.timeout_s)
+
     def __call__(self, request: int) -> None:
-        from tritonclient.utils import serialized_byte_size
+        from tritonclient.utils import serialize_byte_tensor
 
         client = self.client()
         data = np.array(_batch(self.payloads, request, self.batch_size), dtype=object).reshape(-1, 1)
@@ -103,9 +128,10 @@ class TritonSender:
         if self.shared_memory is SharedMemory.SYSTEM:
             import tritonclient.utils.shared_memory as shm
 
-            size = serialized_byte_size(data)
+            serialized = serialize_byte_tensor(data)  # Triton's BYTES layout: 4-byte length + bytes, per element
+            size = len(serialized.item())
             handle, _, name = self._region(client, size)
-            shm.set_shared_memory_region(handle, [data])
+            shm.set_shared_memory_region(handle, [serialized])
             tensor.set_shared_memory(name, size)
         elif self.protocol is Protocol.HTTP:
             tensor.set_data_from_numpy(data, binary_data=True)

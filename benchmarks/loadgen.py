@@ -24,6 +24,8 @@ import numpy as np
 # A sender answers one request (its argument: the request's index); it raises on error. It is called from many
 # threads at once, so it keeps any client that is not thread-safe per thread.
 Sender = Callable[[int], None]
+# An async starter begins one request and returns at once; ``done(error_or_None)`` is called when it is answered.
+AsyncStarter = Callable[[int, Callable[[BaseException | None], None]], None]
 
 
 class Arrivals(str, Enum):
@@ -159,6 +161,45 @@ def closed_loop(send: Sender, concurrency: int, policy: WindowPolicy) -> LevelRe
     result = _measure_windows(recorder, policy, stop)
     for thread in threads:
         thread.join(timeout=60)
+    return result
+
+
+def closed_loop_async(start: AsyncStarter, concurrency: int, policy: WindowPolicy) -> LevelResult:
+    """Closed loop without a thread per worker: each answer's callback starts that worker's next request.
+
+    Keeps the harness's own CPU cost per request low, which matters when it shares the machine with the server.
+    """
+    recorder, stop = _Recorder(), threading.Event()
+    counter = iter(range(1 << 62))
+    lock = threading.Lock()
+    idle = threading.Semaphore(0)
+
+    def launch() -> None:
+        with lock:
+            request = next(counter)
+        began = time.perf_counter()
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                recorder.ok(time.perf_counter() - began)
+            else:
+                recorder.error(error)
+            if stop.is_set():
+                idle.release()
+            else:
+                launch()
+
+        try:
+            start(request, done)
+        except Exception as exc:  # noqa: BLE001 - a request that cannot even start ends this worker
+            recorder.error(exc)
+            idle.release()
+
+    for _ in range(concurrency):
+        launch()
+    result = _measure_windows(recorder, policy, stop)
+    for _ in range(concurrency):
+        idle.acquire(timeout=60)
     return result
 
 

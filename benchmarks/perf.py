@@ -41,7 +41,15 @@ from benchmarks.backends import (  # noqa: E402
     server_statistics,
     statistics_delta,
 )
-from benchmarks.loadgen import Arrivals, LevelResult, WindowPolicy, closed_loop, latency_summary_ms, open_loop  # noqa: E402
+from benchmarks.loadgen import (  # noqa: E402
+    Arrivals,
+    LevelResult,
+    WindowPolicy,
+    closed_loop,
+    closed_loop_async,
+    latency_summary_ms,
+    open_loop,
+)
 from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
 from core.metadata import DetectorMetadata  # noqa: E402
 
@@ -51,6 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 def _floats(text: str) -> list[float]:
@@ -109,9 +121,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=ROOT / "artifacts" / "repository" / "cpu",
                    help="CPU model repository to serve (built if missing)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the in-process backends")
-    p.add_argument("--json", type=Path, default=ROOT / "artifacts" / "perf" / "perf.json")
-    p.add_argument("--csv", type=Path, default=ROOT / "artifacts" / "perf" / "perf.csv")
-    p.add_argument("--plot", type=Path, default=ROOT / "artifacts" / "perf" / "perf.png")
+    p.add_argument("--json", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.json")
+    p.add_argument("--csv", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.csv")
+    p.add_argument("--plot", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.png",
+                   help="PNG of throughput against p99 latency ('': none)")
     return p
 
 
@@ -156,11 +169,15 @@ def directory_payloads(folder: Path, limit: int) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
+DEMO_CHECKPOINT = ROOT / "artifacts" / "runs" / "demo" / "checkpoint"
+
+
 def default_checkpoint() -> Path:
-    for candidate in (ROOT / "detectors" / "default", ROOT / "artifacts" / "runs" / "demo" / "checkpoint"):
-        if (candidate / "metadata.json").is_file():
-            return candidate
-    raise SystemExit("error: no checkpoint found; run 'make demo' first or pass --checkpoint")
+    """The demo's detector; built by the demo's own steps (dataset, training) when missing."""
+    if not (DEMO_CHECKPOINT / "metadata.json").is_file():
+        print("no detector yet: building the demo's dataset and detector (a few minutes, once)", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "demo.py"), "--only-build"], check=True, cwd=ROOT)
+    return DEMO_CHECKPOINT
 
 
 def ensure_repository(cfg: PerfConfig) -> Path:
@@ -193,7 +210,9 @@ def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list
         levels = [(None, r) for r in cfg.request_rate] or [(c, None) for c in cfg.concurrency]
         for concurrency, rate in levels:
             before = server_statistics(sender)
-            if rate is None:
+            if rate is None and sender.supports_async:
+                level = closed_loop_async(sender.start, concurrency, cfg.policy)
+            elif rate is None:
                 level = closed_loop(sender, concurrency, cfg.policy)
             else:
                 level = open_loop(sender, rate / 1.0, cfg.arrivals, cfg.policy)
@@ -326,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import perf_analyzer
 
             pa_url = server.grpc_url if server is not None else url
-            extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, payloads, list(cfg.concurrency))
+            try:
+                extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, payloads,
+                                                           list(cfg.concurrency))
+            except (RuntimeError, FileNotFoundError) as exc:
+                extra["perf_analyzer_error"] = str(exc)
+                print(f"perf_analyzer: {exc}", file=sys.stderr)
     finally:
         if server is not None:
             server.stop()
@@ -343,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         ours = {r.concurrency: r for r in runs if r.backend == "triton" and r.protocol == "grpc"}
         print("\nperf_analyzer vs this harness (gRPC, same model and images):")
         for pa in extra["perf_analyzer"]:
+            if "error" in pa:
+                print(f"  concurrency {pa['concurrency']}: perf_analyzer could not measure: {pa['error']}")
+                continue
             mine = ours.get(pa["concurrency"])
             ratio = pa["throughput_ips"] / mine.throughput_ips if mine and mine.throughput_ips else float("nan")
             print(f"  concurrency {pa['concurrency']}: perf_analyzer {pa['throughput_ips']:.1f} img/s "

@@ -81,7 +81,8 @@ def input_data(payloads: list[bytes], path: Path) -> Path:
 
 def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency: list[int],
         measurement_ms: int = 3000, home: Path = HOME) -> list[dict]:
-    """Closed-loop concurrency levels with perf_analyzer; one dict per level (throughput, latency in ms)."""
+    """Closed-loop concurrency levels with perf_analyzer; one dict per level (throughput, latency in ms, or
+    ``error`` when it could not measure that level, e.g. no stable windows)."""
     binary = home / "bin" / "perf_analyzer"
     if not binary.is_file():
         raise FileNotFoundError(f"{binary} missing: run 'python -m benchmarks.perf_analyzer install'")
@@ -95,8 +96,10 @@ def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency:
                    f"--measurement-interval={measurement_ms}", "--stability-percentage=10",
                    "--max-trials=10", "-f", str(report)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_environment(home), timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-800:]}{proc.stderr[-800:]}")
+            if proc.returncode != 0 or not report.is_file():
+                lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+                results.append({"concurrency": level, "error": lines[-1] if lines else f"exit {proc.returncode}"})
+                continue
             with report.open() as f:
                 row = next(csv.DictReader(f))
             us = lambda key: float(row[key]) / 1e3  # noqa: E731 - µs -> ms

@@ -4,6 +4,9 @@ Examples::
 
     python -m export onnx --checkpoint CKPT --out model.onnx --fft-impl matmul --report parity.json
     python -m export repo --checkpoint CKPT --target cpu --out artifacts/repository
+    python -m export trt-ops --onnx model.onnx --tensorrt-version 10.8
+    python -m export engine --onnx model_fp16.onnx --out model.plan --timing-cache trt.cache   # needs TensorRT
+    python -m export repo --checkpoint CKPT --target gpu-trt --engine model.plan --out repository-gpu
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
+from export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
+from export.trt_ops import add_trt_ops_args, run_trt_ops
 from triton_repo.layout import Target, write_repository
 
 logger = logging.getLogger("export")
@@ -47,6 +52,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_repo.add_argument("--target", default=Target.CPU.value, choices=_choices(Target))
     p_repo.add_argument("--out", required=True, type=Path, help="repository directory (replaced)")
     p_repo.add_argument("--engine", type=Path, default=None, help="TensorRT engine for --target gpu-trt")
+
+    p_engine = verbs.add_parser("engine",
+                                help="ONNX -> TensorRT engine + model.engine.json (needs TensorRT and a GPU)")
+    add_engine_args(p_engine)
+
+    p_ops = verbs.add_parser("trt-ops", help="check the graph's operators against TensorRT's list for a version")
+    add_trt_ops_args(p_ops)
     return parser
 
 
@@ -77,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "onnx":
             _export(args, args.out)
             print(f"wrote {args.out}")
+            return 0
+        if args.verb == "trt-ops":
+            return int(run_trt_ops(args))
+        if args.verb == "engine":
+            result = build_engine(engine_config_from_args(args))
+            print(f"wrote {result.plan} and {result.metadata_path}")
             return 0
         from core.metadata import DetectorMetadata
 

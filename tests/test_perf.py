@@ -1,0 +1,102 @@
+"""benchmarks/perf.py against the real tritonserver: JSON/CSV/plot outputs, open loop, the side-by-side
+comparison, and agreement with NVIDIA's perf_analyzer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["--window", "1", "--warmup", "0.5", "--duration", "4", "--num-images", "8", "--image-size", "128"]
+
+
+def _perf(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_closed_loop_outputs(triton_server, tmp_path):
+    out = tmp_path / "perf"
+    proc = _perf("--url", triton_server.grpc_url, "--concurrency", "1,2", *SHORT, "--json", str(out / "r.json"),
+                 "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"))
+    report = json.loads((out / "r.json").read_text())
+    assert set(report) >= {"config", "runs"}
+    runs = report["runs"]
+    assert [(r["backend"], r["protocol"], r["concurrency"]) for r in runs] == [("triton", "grpc", 1),
+                                                                              ("triton", "grpc", 2)]
+    for run in runs:
+        assert run["errors"] == 0 and run["samples"] > 10 and run["throughput_ips"] > 0
+        lat = run["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+        assert set(run["server"]) == {"deepfake_detector", "preprocess", "detector"}
+        detector = run["server"]["detector"]
+        assert detector["requests"] >= run["samples"] and detector["compute_infer_us"] > 0
+    rows = list(csv.DictReader((out / "r.csv").open()))
+    assert len(rows) == 2 and float(rows[0]["throughput_ips"]) == pytest.approx(runs[0]["throughput_ips"])
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "server-side, per request" in proc.stdout
+
+
+def test_open_loop_holds_the_rate(triton_server, tmp_path):
+    path = tmp_path / "open.json"
+    _perf("--url", triton_server.grpc_url, "--request-rate", "30", "--arrivals", "constant", *SHORT,
+          "--json", str(path), "--csv", "", "--plot", "")
+    (run,) = json.loads(path.read_text())["runs"]
+    assert run["request_rate"] == 30 and run["concurrency"] is None
+    assert run["errors"] == 0
+    assert run["throughput_rps"] == pytest.approx(30, rel=0.2)
+
+
+def test_http_and_shared_memory(triton_server, tmp_path):
+    path = tmp_path / "http.json"
+    _perf("--url", triton_server.http_url, "--protocol", "http", "--concurrency", "2", "--batch-size", "2",
+          *SHORT, "--json", str(path), "--csv", "", "--plot", "")
+    (run,) = json.loads(path.read_text())["runs"]
+    assert run["protocol"] == "http" and run["batch_size"] == 2 and run["errors"] == 0
+    assert run["throughput_ips"] == pytest.approx(2 * run["throughput_rps"])
+    path = tmp_path / "shm.json"
+    _perf("--url", triton_server.grpc_url, "--shared-memory", "system", "--concurrency", "1", *SHORT,
+          "--json", str(path), "--csv", "", "--plot", "")
+    (run,) = json.loads(path.read_text())["runs"]
+    assert run["errors"] == 0 and run["samples"] > 10
+
+
+def test_compare_side_by_side(cpu_repository, checkpoint, tmp_path):
+    path = tmp_path / "compare.json"
+    proc = _perf("--repository", str(cpu_repository), "--checkpoint", str(checkpoint), "--compare",
+                 "--compare-batches", "1,4", "--concurrency", "1", *SHORT, "--json", str(path), "--csv", "",
+                 "--plot", "")
+    report = json.loads(path.read_text())
+    kinds = {(r["backend"], r["protocol"]) for r in report["runs"]}
+    assert kinds == {("triton", "grpc"), ("triton", "http"), ("pytorch", "inprocess"), ("onnxruntime", "inprocess")}
+    assert all(r["errors"] == 0 for r in report["runs"])
+    assert {row["impl"] for row in report["fft_stage"]} == {
+        "numpy (reference)", "torch fft", "torch matmul", "onnxruntime DFT op", "onnxruntime MatMul"}
+    assert set(report["ratios"]) == {"onnxruntime_over_pytorch_throughput",
+                                     "triton_grpc_over_onnxruntime_throughput",
+                                     "triton_p99_c1_over_inprocess_p50_single"}
+    assert "ratios (same run)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_agrees_with_perf_analyzer(triton_server, tmp_path):
+    """Throughput of this harness and of perf_analyzer within 25% at concurrency 1 to 4."""
+    path = tmp_path / "pa.json"
+    _perf("--url", triton_server.grpc_url, "--concurrency", "1,2,4", "--perf-analyzer", "--window", "2",
+          "--duration", "10", "--num-images", "8", "--image-size", "128", "--json", str(path), "--csv", "",
+          "--plot", "", timeout=900)
+    report = json.loads(path.read_text())
+    ours = {r["concurrency"]: r["throughput_ips"] for r in report["runs"]}
+    theirs = {r["concurrency"]: r for r in report["perf_analyzer"]}
+    for level in (1, 2, 4):
+        assert "error" not in theirs[level], theirs[level]
+        ratio = ours[level] / theirs[level]["throughput_ips"]
+        assert 0.75 <= ratio <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])
