@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve bench clean
+.PHONY: setup demo test serve bench clean cluster
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m benchmarks.perf_analyzer install
+	$(PY) -m deploy.cluster --install-nginx || echo "no nginx: 'make cluster' and tests/test_cluster.py need it (apt-get install -y nginx)"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +29,13 @@ test: $(STAMP)
 serve: $(STAMP)
 	@test -d $(ARTIFACTS)/repository/cpu || $(PY) demo.py --artifacts $(ARTIFACTS) --only-build
 	$(PY) -m triton_repo.server --model-repository $(ARTIFACTS)/repository/cpu
+
+## Several replicas of the CPU repository behind nginx on 127.0.0.1 (REPLICAS, CLUSTER_PORT; default 2, 8001).
+REPLICAS ?= 2
+CLUSTER_PORT ?= 8001
+cluster: $(STAMP)
+	@test -d $(ARTIFACTS)/repository/cpu || $(PY) demo.py --artifacts $(ARTIFACTS) --only-build
+	$(PY) -m deploy.cluster --model-repository $(ARTIFACTS)/repository/cpu --replicas $(REPLICAS) --port $(CLUSTER_PORT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/perf.py

@@ -52,6 +52,7 @@ from benchmarks.loadgen import (  # noqa: E402
 )
 from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
 from core.metadata import DetectorMetadata  # noqa: E402
+from deploy.spread import replica_statistics, summed_statistics  # noqa: E402
 
 logger = logging.getLogger("perf")
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,7 @@ def _floats(text: str) -> list[float]:
 @dataclass(frozen=True)
 class PerfConfig:
     url: str | None
+    replica_urls: tuple[str, ...]
     model: str
     protocol: Protocol
     concurrency: tuple[int, ...]
@@ -98,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--url", default=None, help="host:port of a running server (default: start a local one)")
+    p.add_argument("--replica-urls", default="",
+                   help="gRPC host:port of each replica behind --url (a load balancer), comma-separated: server-side "
+                        "statistics are summed over them and the calls each answered are printed")
     p.add_argument("--model", default=MODEL, help="model to call")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--concurrency", default="1,2,4", help="closed-loop levels, comma-separated")
@@ -131,7 +136,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PerfConfig:
     windows = max(3, int(round(args.duration / args.window)))
     return PerfConfig(
-        url=args.url, model=args.model, protocol=Protocol(args.protocol),
+        url=args.url, replica_urls=tuple(u.strip() for u in args.replica_urls.split(",") if u.strip()),
+        model=args.model, protocol=Protocol(args.protocol),
         concurrency=tuple(_ints(args.concurrency)), request_rate=tuple(_floats(args.request_rate)),
         arrivals=Arrivals(args.arrivals), batch_size=args.batch_size,
         policy=WindowPolicy(window_s=args.window, warmup_s=args.warmup, stability=args.stability,
@@ -203,20 +209,31 @@ def record(backend: str, protocol: str, level: LevelResult, batch_size: int, con
     )
 
 
+def _statistics(cfg: PerfConfig, sender: TritonSender) -> dict[str, dict[str, dict[str, int]]]:
+    """Counters per server: each replica at its own address, or the one server behind the URL (through a
+    balancer, one statistics call reaches one replica only)."""
+    return replica_statistics(list(cfg.replica_urls)) if cfg.replica_urls else {sender.url: server_statistics(sender)}
+
+
 def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list[bytes]) -> list[RunRecord]:
     sender = TritonSender(url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory)
     runs = []
     try:
         levels = [(None, r) for r in cfg.request_rate] or [(c, None) for c in cfg.concurrency]
         for concurrency, rate in levels:
-            before = server_statistics(sender)
+            before = _statistics(cfg, sender)
             if rate is None and sender.supports_async:
                 level = closed_loop_async(sender.start, concurrency, cfg.policy)
             elif rate is None:
                 level = closed_loop(sender, concurrency, cfg.policy)
             else:
                 level = open_loop(sender, rate / 1.0, cfg.arrivals, cfg.policy)
-            server = statistics_delta(before, server_statistics(sender))
+            after = _statistics(cfg, sender)
+            server = statistics_delta(summed_statistics(before), summed_statistics(after))
+            if cfg.replica_urls:
+                calls = {u: after[u].get(cfg.model, {}).get("success_count", 0)
+                         - before[u].get(cfg.model, {}).get("success_count", 0) for u in after}
+                print("  calls per replica: " + ", ".join(f"{u} {n}" for u, n in calls.items()), flush=True)
             runs.append(record("triton", protocol.value, level, cfg.batch_size, concurrency, rate, server))
             print(format_table(runs[-1:]).splitlines()[-1], flush=True)
     finally:
