@@ -7,6 +7,9 @@ Examples::
     python -m export trt-ops --onnx model.onnx --tensorrt-version 10.8
     python -m export engine --onnx model_fp16.onnx --out model.plan --timing-cache trt.cache   # needs TensorRT
     python -m export repo --checkpoint CKPT --target gpu-trt --engine model.plan --out repository-gpu
+    python -m export onnx --checkpoint CKPT --out backbone.onnx --fft-impl external --precision fp16
+    python -m export repo --checkpoint CKPT --target gpu-cupy --engine backbone.plan --out repository-cupy
+    python -m export fp16-numerics --checkpoint CKPT --data data/offline --split testing --out fp16.json
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import json
 import logging
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from export.fp16_numerics import add_fp16_numerics_args, run_fp16_numerics
 from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
 from export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
 from export.trt_ops import add_trt_ops_args, run_trt_ops
-from triton_repo.layout import Target, write_repository
+from triton_repo.layout import Target, check_fft_impl, write_repository
 
 logger = logging.getLogger("export")
 
@@ -37,7 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     def onnx_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (weights + metadata)")
         p.add_argument("--fft-impl", default=OnnxFFT.MATMUL.value, choices=_choices(OnnxFFT),
-                       help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe) or the ONNX DFT op")
+                       help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe), the ONNX DFT op, or "
+                            "external (no FFT stage: input MASKED (B, K, 3, H, W), for --target gpu-cupy)")
         p.add_argument("--precision", default=Precision.FP32.value, choices=_choices(Precision),
                        help="graph precision (fp16: a strongly typed FP16 graph; I/O stays uint8/fp32/bool)")
         p.add_argument("--masks", type=int, default=None, help="test-time masks K, overriding the checkpoint's")
@@ -51,11 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     onnx_options(p_repo)
     p_repo.add_argument("--target", default=Target.CPU.value, choices=_choices(Target))
     p_repo.add_argument("--out", required=True, type=Path, help="repository directory (replaced)")
-    p_repo.add_argument("--engine", type=Path, default=None, help="TensorRT engine for --target gpu-trt")
+    p_repo.add_argument("--engine", type=Path, default=None,
+                        help="TensorRT engine for --target gpu-trt or gpu-cupy (built with 'python -m export engine')")
 
     p_engine = verbs.add_parser("engine",
                                 help="ONNX -> TensorRT engine + model.engine.json (needs TensorRT and a GPU)")
     add_engine_args(p_engine)
+
+    p_num = verbs.add_parser("fp16-numerics",
+                             help="FP16 vs FP32 prob_fake and decisions on a dataset split (JSON report)")
+    add_fp16_numerics_args(p_num)
 
     p_ops = verbs.add_parser("trt-ops", help="check the graph's operators against TensorRT's list for a version")
     add_trt_ops_args(p_ops)
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "trt-ops":
             return int(run_trt_ops(args))
+        if args.verb == "fp16-numerics":
+            return run_fp16_numerics(args)
         if args.verb == "engine":
             result = build_engine(engine_config_from_args(args))
             print(f"wrote {result.plan} and {result.metadata_path}")
@@ -100,14 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
         target = Target(args.target)
         metadata = DetectorMetadata.load(args.checkpoint)
-        if target is Target.GPU_TRT:
+        if target.needs_engine:
             if args.engine is None:
-                print("error: --target gpu-trt needs --engine (build one with 'python -m export engine')",
+                print(f"error: --target {target.value} needs --engine (build one with 'python -m export engine')",
                       file=sys.stderr)
                 return 2
-            artifact = args.engine
-            write_repository(target, args.out, metadata, artifact)
+            if args.masks is not None:  # the K the engine was exported with
+                metadata = metadata.with_updates(fft_stage=replace(metadata.fft_stage, masks=args.masks))
+            write_repository(target, args.out, metadata, args.engine)
         else:
+            check_fft_impl(target, args.fft_impl)  # e.g. gpu-ort + dft: ORT's CUDA EP has no DFT kernel
             with tempfile.TemporaryDirectory() as tmp:
                 artifact = Path(tmp) / "model.onnx"
                 _export(args, artifact)

@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from export.onnx_export import INPUT_NAME, OUTPUT_NAMES
+from export.onnx_export import INPUT_NAME, MASKED_INPUT_NAME, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -98,39 +98,47 @@ def engine_metadata_path(plan: str | Path) -> Path:
     return plan.with_name(plan.stem + ENGINE_JSON_SUFFIX)
 
 
+# The graph's single input: IMAGE uint8 (B, C, H, W), or MASKED float32 (B, K, C, H, W) for --fft-impl external.
+INPUT_RANKS = {INPUT_NAME: 4, MASKED_INPUT_NAME: 5}
+
+
 @dataclass(frozen=True)
 class OnnxInputInfo:
-    """What the builder needs from the ONNX file: the image size and the precision the exporter wrote."""
+    """What the builder needs from the ONNX file: the input, its static dims after the batch, and the precision and
+    FFT form the exporter wrote."""
 
-    channels: int
-    height: int
-    width: int
+    name: str
+    dims: tuple[int, ...]
     precision: str
     fft_impl: str
 
-    def shape(self, batch: int) -> tuple[int, int, int, int]:
-        return (batch, self.channels, self.height, self.width)
+    def shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.dims)
 
 
 def read_onnx_input(path: str | Path) -> OnnxInputInfo:
-    """Static C, H, W of input ``IMAGE`` and the ``precision`` / ``fft_impl`` metadata of an exported graph."""
+    """The input (``IMAGE`` or ``MASKED``) with its static dims after the batch, and the ``precision`` /
+    ``fft_impl`` metadata of an exported graph."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     model = onnx.load(str(path), load_external_data=False)
     inputs = {value.name: value for value in model.graph.input}
-    if INPUT_NAME not in inputs:
-        raise ValueError(f"{path} has no input {INPUT_NAME} (inputs: {', '.join(inputs) or 'none'})")
-    dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
+    if len(inputs) != 1 or not set(inputs) <= set(INPUT_RANKS):
+        raise ValueError(f"{path} has no input {INPUT_NAME} (or {MASKED_INPUT_NAME} alone) "
+                         f"(inputs: {', '.join(inputs) or 'none'})")
+    (name,) = inputs
+    dims = inputs[name].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(static) != 4 or None in static[1:]:
-        raise ValueError(f"{INPUT_NAME} of {path} must be (batch, C, H, W) with static C, H, W, got "
+    if len(static) != INPUT_RANKS[name] or None in static[1:]:
+        layout = "C, H, W" if name == INPUT_NAME else "K, C, H, W"
+        raise ValueError(f"{name} of {path} must be (batch, {layout}) with static {layout}, got "
                          f"{[d.dim_param or d.dim_value for d in dims]}")
     props = {prop.key: prop.value for prop in model.metadata_props}
     precision = props.get("precision", UNKNOWN)
     if precision == UNKNOWN:
         logger.warning("%s carries no 'precision' metadata: not exported by 'python -m export onnx'?", path)
-    return OnnxInputInfo(static[1], static[2], static[3], precision, props.get("fft_impl", UNKNOWN))
+    return OnnxInputInfo(name, tuple(static[1:]), precision, props.get("fft_impl", UNKNOWN))
 
 
 @dataclass(frozen=True)
@@ -224,8 +232,8 @@ class EngineBuilder:
             raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {path} "
                                    f"({self.parser.num_errors} parser errors logged above)")
         names = [self.network.get_input(i).name for i in range(self.network.num_inputs)]
-        if names != [INPUT_NAME]:
-            raise EngineBuildError(f"expected the single input {INPUT_NAME}, the network has {names}")
+        if names != [self.input_info.name]:
+            raise EngineBuildError(f"expected the single input {self.input_info.name}, the network has {names}")
         outputs = [self.network.get_output(i).name for i in range(self.network.num_outputs)]
         if sorted(outputs) != sorted(OUTPUT_NAMES):
             raise EngineBuildError(f"expected outputs {list(OUTPUT_NAMES)}, the network has {outputs}")
@@ -248,7 +256,7 @@ class EngineBuilder:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(c.workspace_gib * (1 << 30)))
         shapes = self.profile_shapes()
         profile = self.builder.create_optimization_profile()
-        profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+        profile.set_shape(self.input_info.name, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(profile)
         triton_max = _triton_max_batch()
         if triton_max is not None and c.max_batch < triton_max:
@@ -275,7 +283,7 @@ class EngineBuilder:
             self.create_network()
         config = self.create_config()
         logger.info("building TensorRT %s engine for %s, batch %d/%d/%d (min/opt/max)", trt.__version__,
-                    INPUT_NAME, c.min_batch, c.opt_batch, c.max_batch)
+                    self.input_info.name, c.min_batch, c.opt_batch, c.max_batch)
         start = time.perf_counter()
         serialized = self.builder.build_serialized_network(self.network, config)
         seconds = time.perf_counter() - start
@@ -306,9 +314,9 @@ class EngineBuilder:
             "precision": info.precision,
             "fft_impl": info.fft_impl,
             "strongly_typed": True,
-            "input": INPUT_NAME,
+            "input": info.name,
             "outputs": list(OUTPUT_NAMES),
-            "profile": {INPUT_NAME: self.profile_shapes()},
+            "profile": {info.name: self.profile_shapes()},
             "workspace_gib": c.workspace_gib,
             "onnx": {"file": c.onnx.name, "sha256": sha256_file(c.onnx)},
             "plan": {"file": c.out.name, "sha256": plan_sha256, "bytes": plan_bytes},

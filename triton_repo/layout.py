@@ -9,12 +9,18 @@ Layout written (``cpu`` target)::
     OUT/detector/config.pbtxt             python + ONNX Runtime (cpu), tensorrt_plan (gpu-trt), onnxruntime_onnx
     OUT/detector/1/{model.py,model.onnx}  (gpu-ort); model.plan for gpu-trt
 
-Configs keep ``${HEIGHT}`` / ``${WIDTH}`` where a backend needs concrete dims; they are filled from the
-checkpoint metadata here.
+The ``gpu-cupy`` target adds a step: preprocess (CPU) -> ``fft_stage`` (python on the GPU: normalise + FFT stage
+with CuPy, ``OUT/fft_stage/1/{model.py,metadata.json}``) -> detector (a TensorRT engine exported with
+``--fft-impl external``, taking ``MASKED`` (B, K, 3, H, W)).
+
+A model's config is ``configs/<model>.<target>.pbtxt`` when that file exists, else ``configs/<model>.pbtxt``.
+Configs keep ``${HEIGHT}`` / ``${WIDTH}`` / ``${VIEWS}`` (K = max(masks, 1)) where a backend needs concrete dims;
+they are filled from the checkpoint metadata here. See GPU.md for serving the GPU targets.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from enum import Enum
@@ -35,6 +41,12 @@ class Target(str, Enum):
     CPU = "cpu"
     GPU_TRT = "gpu-trt"
     GPU_ORT = "gpu-ort"
+    GPU_CUPY = "gpu-cupy"
+
+    @property
+    def needs_engine(self) -> bool:
+        """The detector is a TensorRT plan (built with ``python -m export engine``), not an ONNX export."""
+        return self in (Target.GPU_TRT, Target.GPU_CUPY)
 
 
 # Per target: the python model file that serves ``detector`` (None: a native backend) and the artifact it needs.
@@ -42,18 +54,80 @@ DETECTOR = {
     Target.CPU: ("detector_onnxruntime.py", "model.onnx"),
     Target.GPU_TRT: (None, "model.plan"),
     Target.GPU_ORT: (None, "model.onnx"),
+    Target.GPU_CUPY: (None, "model.plan"),
 }
+
+# Per target: the models of the repository, in ensemble order, and the python sources of the python ones.
+MODELS = {
+    Target.CPU: (ENSEMBLE, "preprocess", "detector"),
+    Target.GPU_TRT: (ENSEMBLE, "preprocess", "detector"),
+    Target.GPU_ORT: (ENSEMBLE, "preprocess", "detector"),
+    Target.GPU_CUPY: (ENSEMBLE, "preprocess", "fft_stage", "detector"),
+}
+PYTHON_SOURCES = {"preprocess": "preprocess.py", "fft_stage": "fft_cupy.py"}  # each gets metadata.json beside it
+
+# Per target: the FFT forms (``python -m export onnx --fft-impl``) its detector can run, and why not the others.
+FFT_FORMS = {
+    Target.CPU: ("matmul", "dft"),
+    Target.GPU_ORT: ("matmul",),
+    Target.GPU_TRT: ("matmul", "dft"),
+    Target.GPU_CUPY: ("external",),
+}
+FFT_REASONS = {
+    (Target.GPU_ORT, "dft"): "ONNX Runtime's CUDA execution provider has no DFT kernel: export the FFT stage as "
+                             "MatMul (--fft-impl matmul)",
+    (Target.GPU_CUPY, "matmul"): "gpu-cupy runs the FFT stage in its python fft_stage model (CuPy): its engine "
+                                 "must be exported without it (--fft-impl external)",
+    (Target.GPU_CUPY, "dft"): "gpu-cupy runs the FFT stage in its python fft_stage model (CuPy): its engine "
+                              "must be exported without it (--fft-impl external)",
+}
+
+
+def check_fft_impl(target: Target | str, fft_impl: str) -> None:
+    """Refuse an FFT form that ``target``'s detector cannot run.
+
+    Raises:
+        ValueError: the reason, and the forms the target takes.
+    """
+    target = Target(target)
+    allowed = FFT_FORMS[target]
+    if fft_impl in allowed:
+        return
+    reason = FFT_REASONS.get((target, fft_impl), f"the {target.value} detector takes IMAGE with the FFT stage "
+                                                 "inside; 'external' is for --target gpu-cupy")
+    raise ValueError(f"--target {target.value} cannot use --fft-impl {fft_impl}: {reason} "
+                     f"(valid: {', '.join(allowed)})")
+
+
+def artifact_fft_impl(artifact: str | Path) -> str | None:
+    """The FFT form recorded with a detector artifact: ``fft_impl`` in an ONNX file's metadata, or in the
+    ``<stem>.engine.json`` beside a TensorRT plan; None when not recorded."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(artifact), load_external_data=False).metadata_props}
+        return props.get("fft_impl")
+    side = artifact.with_name(artifact.stem + ".engine.json")
+    if side.is_file():
+        return json.loads(side.read_text()).get("fft_impl")
+    return None
+
+
+def views(metadata: DetectorMetadata) -> int:
+    """K, the number of masked views per image (1 when the FFT stage is skipped)."""
+    return max(metadata.fft_stage.masks, 1)
 
 
 def render_config(model: str, target: Target | str, metadata: DetectorMetadata) -> str:
     """The ``config.pbtxt`` text of one model of the repository for ``target``."""
     target = Target(target)
-    name = f"detector.{target.value}.pbtxt" if model == "detector" else f"{model}.pbtxt"
-    path = CONFIGS / name
-    if not path.is_file():
-        raise FileNotFoundError(f"no config {name} in {CONFIGS}")
+    candidates = [f"{model}.{target.value}.pbtxt"] + ([] if model == "detector" else [f"{model}.pbtxt"])
+    path = next((CONFIGS / name for name in candidates if (CONFIGS / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
     height, width = metadata.input_size
-    return Template(path.read_text()).substitute(HEIGHT=height, WIDTH=width)
+    return Template(path.read_text()).substitute(HEIGHT=height, WIDTH=width, VIEWS=views(metadata))
 
 
 def write_repository(
@@ -62,7 +136,12 @@ def write_repository(
     """Write a servable repository for ``target`` into ``out`` (replaced atomically when it exists).
 
     Args:
-        artifact: the detector's model file: the exported ONNX (cpu, gpu-ort) or the TensorRT engine (gpu-trt).
+        artifact: the detector's model file: the exported ONNX (cpu, gpu-ort) or the TensorRT engine (gpu-trt,
+            gpu-cupy), whose recorded FFT form (:func:`artifact_fft_impl`) must suit the target.
+
+    Raises:
+        FileNotFoundError: no artifact.
+        ValueError: the artifact's FFT form or input shape does not suit the target or the metadata.
     """
     target = Target(target)
     out = Path(out)
@@ -70,13 +149,21 @@ def write_repository(
     python_file, artifact_name = DETECTOR[target]
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact} not found: target {target.value} needs {artifact_name}")
+    fft_impl = artifact_fft_impl(artifact)
+    if fft_impl is None:
+        logger.warning("%s records no fft_impl: cannot check that it suits target %s", artifact, target.value)
+    else:
+        check_fft_impl(target, fft_impl)
+    if target.needs_engine:
+        _check_engine_shape(artifact, target, metadata)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
-    for model in (ENSEMBLE, "preprocess", "detector"):
+    for model in MODELS[target]:
         (staging / model / "1").mkdir(parents=True)
         (staging / model / "config.pbtxt").write_text(render_config(model, target, metadata))
-    shutil.copy2(PYTHON_MODELS / "preprocess.py", staging / "preprocess" / "1" / "model.py")
-    metadata.save(staging / "preprocess" / "1")
+        if model in PYTHON_SOURCES:
+            shutil.copy2(PYTHON_MODELS / PYTHON_SOURCES[model], staging / model / "1" / "model.py")
+            metadata.save(staging / model / "1")
     if python_file is not None:
         shutil.copy2(PYTHON_MODELS / python_file, staging / "detector" / "1" / "model.py")
     shutil.copy2(artifact, staging / "detector" / "1" / artifact_name)
@@ -87,3 +174,21 @@ def write_repository(
     staging.rename(out)
     logger.info("wrote %s repository to %s", target.value, out)
     return out
+
+
+def _check_engine_shape(plan: Path, target: Target, metadata: DetectorMetadata) -> None:
+    """Compare the engine's input profile (``model.engine.json``, when present) with the config's dims."""
+    side = plan.with_name(plan.stem + ".engine.json")
+    if not side.is_file():
+        logger.warning("no %s beside %s: cannot check the engine's input shape", side.name, plan)
+        return
+    profile = json.loads(side.read_text()).get("profile") or {}
+    if len(profile) != 1:
+        return
+    ((name, shapes),) = profile.items()
+    height, width = metadata.input_size
+    expected = [views(metadata), 3, height, width] if target is Target.GPU_CUPY else [3, height, width]
+    got = list(shapes.get("opt", []))[1:]
+    if got and got != expected:
+        raise ValueError(f"engine {plan} takes {name} (B, {', '.join(map(str, got))}) but the {target.value} "
+                         f"config needs (B, {', '.join(map(str, expected))}): check --masks and the checkpoint")
