@@ -75,7 +75,8 @@ def train(cfg: DemoConfig) -> None:
         return
     run_module("training.train", "--data", str(cfg.data), "--out", str(cfg.run), "--backbone", BACKBONE,
                "--pretrained", "--image-size", str(IMAGE_SIZE), "--epochs", str(cfg.epochs), "--mask", "frequency",
-               "--mask-band", "all", "--mask-ratio", "0.15", "--seed", str(cfg.seed))
+               "--mask-band", "all", "--mask-ratio", "0.15", "--seed", str(cfg.seed),
+               *(["--restart"] if cfg.retrain else []))
 
 
 def export(cfg: DemoConfig) -> None:

@@ -1,46 +1,71 @@
-"""Train a real/fake detector with frequency masking, keep the best epoch, calibrate, write a checkpoint.
+"""Train a real/fake detector with the paper's masking and schedule, keep the best epoch, calibrate, write a checkpoint.
 
-Single process (CPU or one GPU). AdamW, BCE-with-logits, the paper's training transforms (``training.data``) and
-random masking of a fraction of the FFT coefficients (``training.masking``). After every epoch the model is
-evaluated on the validation split (accuracy at 0.5, AP, AUC); the epoch with the best validation accuracy is
-kept. Its decision threshold is then calibrated on the validation REAL images for a target false-positive rate,
-and the checkpoint is written with inference FFT masks off (the paper's test protocol).
+The paper's recipe: AdamW (lr 1e-4 times the number of processes, weight decay 1e-4), BCE with logits, the
+training transforms of ``training.data`` and a masking augmentation of ``training.masking`` (default: 15 % of
+all FFT coefficients). Schedule and early stopping (Wang et al. 2020, kept by the paper; the default policy): an
+epoch improves when the validation accuracy exceeds the best so far by more than 0.001; after 5 epochs without
+improvement the learning rate drops x0.1; training stops once it reaches 1/100 of the initial rate, or after
+``--epochs`` epochs (``--no-early-stopping``: a constant rate for ``--epochs`` epochs). The epoch with the best
+validation accuracy (at 0.5) is kept; its decision threshold is calibrated on the validation REAL images for a
+target false-positive rate, and the checkpoint is written with inference FFT masks off (the test protocol).
+
+Devices: CPU; one GPU with mixed precision (``torch.autocast`` fp16 and a ``GradScaler``; masking and the loss
+stay fp32); several GPUs (or CPU processes) with ``torchrun``: DDP, NCCL on CUDA and gloo on CPU, a
+``DistributedSampler`` over the training split, ``--batch-size`` per process, validation sharded over the
+processes and gathered, rank 0 logs and writes.
+
+Resuming: after every epoch ``OUT/last.pt`` holds the model, optimiser, grad-scaler and schedule states, the
+epoch, step and best epoch, the RNG states and the resolved configuration (``torch.save`` of tensors and plain
+containers, read back with ``torch.load(weights_only=True)``); ``OUT/best.pt`` holds the best epoch's weights.
+Rerunning the command (or ``--resume OUT``) continues after the last finished epoch; the training-defining
+options must match (``--epochs``, ``--max-steps``, ``--epoch-steps``, ``--workers``, ``--device``, ``--no-amp``
+and ``--data`` may change), and so must the number of processes. Every epoch seeds its randomness (dropout,
+masks, data order, augmentation) from (seed, epoch, rank), so a resumed run equals an uninterrupted one.
 
 Outputs in ``OUT``: ``config.json`` (resolved configuration), ``metrics.jsonl`` (one line per epoch),
-``checkpoint/`` (``model.safetensors`` + ``metadata.json``).
+``last.pt``, ``best.pt``, ``checkpoint/`` (``model.safetensors`` + ``metadata.json``).
 
 Example::
 
     python -m training.offline_data --out data/offline --small
     python -m training.train --data data/offline --out runs/small --backbone efficientnet_lite0 --pretrained \\
         --image-size 64 --epochs 6 --mask frequency --mask-ratio 0.15
+    torchrun --nproc-per-node 2 -m training.train --data data/offline --out runs/ddp --image-size 64
+    python -m training.train --resume runs/small --epochs 12
+    python -m training.train --profile-masking --backbone resnet50 --image-size 224 --batch-size 8
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
 import os
+import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from core.metadata import Band, DetectorMetadata, FFTStageConfig, Threshold
 from training.calibration import false_positive_rate, threshold_at_fpr
 from training.checkpoint import save_checkpoint
 from training.data import Augment, RealFakeDataset
-from training.masking import MaskKind, MaskSpec
+from training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec, band_name
+from training.metrics import binary_metrics, json_safe
 from training.model import Backbone, Detector
 
 logger = logging.getLogger(__name__)
@@ -48,12 +73,20 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+LAST_FILE = "last.pt"
+BEST_FILE = "best.pt"
 THRESHOLD_METHOD = "fpr_on_validation_real"
+STATE_VERSION = 1
+# Options that may differ between a run and its resumption: they do not change what an epoch computes.
+RESUMABLE_CHANGES = frozenset({"data", "out", "epochs", "max_steps", "epoch_steps", "workers", "device", "amp"})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Resolved training configuration; written to ``OUT/config.json`` and into the checkpoint metadata."""
+    """Resolved training configuration; written to ``OUT/config.json``, ``last.pt`` and the checkpoint metadata.
+
+    ``lr`` is the rate of one process: with N processes AdamW runs at ``lr * N``. ``batch_size`` is per process.
+    """
 
     data: Path
     out: Path
@@ -65,39 +98,60 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    early_stopping: bool = True
+    patience: int = 5
+    min_delta: float = 0.001
+    lr_factor: float = 0.1
+    min_lr_ratio: float = 0.01
     mask: MaskKind = MaskKind.FREQUENCY
-    mask_band: Band = Band.ALL
+    mask_band: str = Band.ALL.value
     mask_ratio: float = 0.15
     mask_per_channel: bool = False
     mask_prob: float = 1.0
+    mask_layout: BandLayout = BandLayout.RADIAL
+    mask_patch_size: int = 16
+    mask_rotate: float = 0.0
+    mask_translate: float = 0.0
+    mask_domain: MaskDomain = MaskDomain.NORMALISED
     blur_prob: float = 0.1
     jpeg_prob: float = 0.1
     seed: int = 0
     target_fpr: float = 0.05
     max_steps: int | None = None
+    epoch_steps: int | None = None
     train_split: str = "training"
     val_split: str = "validation"
     workers: int = 0
     device: str = "auto"
+    amp: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "backbone", Backbone(self.backbone))
         object.__setattr__(self, "mask", MaskKind(self.mask))
-        object.__setattr__(self, "mask_band", Band(self.mask_band))
+        object.__setattr__(self, "mask_band", band_name(self.mask_band))
+        object.__setattr__(self, "mask_layout", BandLayout(self.mask_layout))
+        object.__setattr__(self, "mask_domain", MaskDomain(self.mask_domain))
         if self.weights_path is not None:
             object.__setattr__(self, "weights_path", Path(self.weights_path))
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        for name in ("max_steps", "epoch_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0.0 <= self.target_fpr <= 1.0:
             raise ValueError(f"target_fpr must be in [0, 1], got {self.target_fpr}")
+        if self.patience < 1 or not 0.0 < self.lr_factor < 1.0 or not 0.0 < self.min_lr_ratio < 1.0:
+            raise ValueError("patience must be >= 1, lr_factor and min_lr_ratio in (0, 1)")
+        _ = self.mask_spec  # validates the masking options
 
     @property
     def mask_spec(self) -> MaskSpec:
-        return MaskSpec(self.mask, self.mask_band, self.mask_ratio, self.mask_per_channel, self.mask_prob)
+        return MaskSpec(kind=self.mask, band=self.mask_band, ratio=self.mask_ratio, per_channel=self.mask_per_channel,
+                        probability=self.mask_prob, layout=self.mask_layout, patch_size=self.mask_patch_size,
+                        rotate=self.mask_rotate, translate=self.mask_translate, domain=self.mask_domain)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings, enums as their values."""
@@ -110,6 +164,88 @@ class TrainConfig:
 
         return {key: plain(value) for key, value in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------- schedule
+
+
+@dataclass
+class PlateauSchedule:
+    """The paper's learning-rate drops and early stopping on validation accuracy (Wang et al. 2020).
+
+    ``update(acc)`` after every epoch: the epoch improves when ``acc > best + min_delta``; after ``patience``
+    epochs in a row without improvement the rate is multiplied by ``factor`` and the count restarts; training
+    stops as soon as the rate reaches ``min_lr_ratio`` times the initial one (1e-4 -> 1e-5 -> stop at 1e-6).
+    The authors' code instead trains on at 1e-6 until one more plateau (and, by float rounding, at 1e-7).
+    """
+
+    initial_lr: float
+    patience: int = 5
+    min_delta: float = 0.001
+    factor: float = 0.1
+    min_lr_ratio: float = 0.01
+    lr: float = field(init=False)
+    best: float | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.lr = self.initial_lr
+
+    def update(self, accuracy: float) -> bool:
+        """Record one epoch's validation accuracy; True when it improved."""
+        if self.stopped:
+            raise RuntimeError("the schedule has stopped")
+        if self.best is None or accuracy > self.best + self.min_delta:
+            self.best = accuracy
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            self.lr *= self.factor
+            self.bad_epochs = 0
+            # Relative slack: 1e-4 * 0.1 * 0.1 is 1.0000000000000002e-06 in floating point.
+            if self.lr <= self.initial_lr * self.min_lr_ratio * (1 + 1e-9):
+                self.stopped = True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial_lr": self.initial_lr, "lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs,
+                "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if abs(state["initial_lr"] - self.initial_lr) > 1e-12 * self.initial_lr:
+            raise ValueError(f"saved schedule starts at lr {state['initial_lr']}, this run at {self.initial_lr}")
+        self.lr, self.best = float(state["lr"]), state["best"]
+        self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
+
+
+# ---------------------------------------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (torchrun) job; world_size 1 without one."""
+
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -117,38 +253,95 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any.
+
+    One GPU per process (``cuda:LOCAL_RANK``) with NCCL; gloo on CPU.
+    """
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 and not dist.is_initialized():
+        return Distributed(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns), device
+
+
+def _barrier(ctx: Distributed) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of everything random in one epoch of one process."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------- the model
+
+
+class MaskedDetector(nn.Module):
+    """Training forward of a ``Detector``: normalise -> masking augmentation -> backbone -> logits (B,).
+
+    In the default domain the masks act on the normalised tensor, where the exported model's test-time FFT masks
+    act; in the pixel domains they act on 0..255 pixels before normalisation. ``generator`` is the masks' source
+    of randomness (set per epoch).
+    """
+
+    def __init__(self, detector: Detector, spec: MaskSpec) -> None:
+        super().__init__()
+        self.detector = detector
+        self.spec = spec
+        self.generator: torch.Generator | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if spec.domain is MaskDomain.NORMALISED:
+            x = spec.apply(self.detector.normalise(images), self.generator)
+        else:
+            x = self.detector.normalise(spec.apply(images.float(), self.generator))
+        return self.detector.backbone(x).reshape(-1)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
 @torch.no_grad()
-def predict(model: Detector, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def predict(
+    model: Detector, loader: DataLoader, device: torch.device, amp: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``prob_fake``, labels and generator names of every item of ``loader`` (model in eval mode)."""
     model.eval()
     probs, labels, generators = [], [], []
     for images, targets, gens in loader:
-        logits = model(images.to(device, non_blocking=True))
+        with _autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         labels.append(targets.numpy())
         generators += list(gens)
+    if not probs:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), []
     return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64), generators
 
 
-def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy (overall, on real, on fake) at ``threshold``, AP and ROC AUC (NaN when one class is absent)."""
-    pred = probs >= threshold
-    real, fake = labels == 0, labels == 1
-    both = bool(real.any() and fake.any())
-    return {
-        "acc": float(np.mean(pred == labels.astype(bool))),
-        "real_acc": float(np.mean(~pred[real])) if real.any() else float("nan"),
-        "fake_acc": float(np.mean(pred[fake])) if fake.any() else float("nan"),
-        "ap": float(average_precision_score(labels, probs)) if both else float("nan"),
-        "auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
-    }
-
-
-def evaluate(
-    model: Detector, loader: DataLoader, device: torch.device
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Validation metrics at 0.5 (overall and per generator) and the raw probabilities and labels."""
-    probs, labels, generators = predict(model, loader, device)
+def scored_metrics(probs: np.ndarray, labels: np.ndarray, generators: list[str]) -> dict[str, Any]:
+    """Validation metrics at 0.5, overall and per generator, and the mean BCE."""
     eps = 1e-7
     clipped = np.clip(probs, eps, 1 - eps)
     loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
@@ -158,125 +351,394 @@ def evaluate(
         metrics["per_generator"] = {
             g: binary_metrics(probs[names == g], labels[names == g]) for g in sorted(set(generators))
         }
-    return metrics, probs, labels
+    return metrics
 
 
-def _loader(dataset: RealFakeDataset, config: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > config.batch_size,
-        num_workers=config.workers,
-        persistent_workers=config.workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=False,
-    )
+def evaluate(
+    model: Detector, loader: DataLoader, device: torch.device, amp: bool = False
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Validation metrics at 0.5 (overall and per generator) and the raw probabilities and labels."""
+    probs, labels, generators = predict(model, loader, device, amp)
+    return scored_metrics(probs, labels, generators), probs, labels
 
 
-def train(config: TrainConfig) -> Path:
-    """Run a training; returns the checkpoint directory ``config.out / "checkpoint"``."""
+def evaluate_sharded(
+    model: Detector, dataset: RealFakeDataset, config: TrainConfig, device: torch.device, amp: bool,
+    ctx: Distributed,
+) -> dict[str, Any]:
+    """``evaluate`` over the whole dataset, each process scoring every world_size-th item; all get the result."""
+    if not ctx.active:
+        return evaluate(model, _loader(dataset, config, None), device, amp)[0]
+    shard = list(range(ctx.rank, len(dataset), ctx.world_size))
+    probs, labels, gens = predict(model, _loader(Subset(dataset, shard), config, None), device, amp)
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, (shard, probs.tolist(), labels.tolist(), gens))
+    order = np.argsort(np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]), kind="stable")
+    probs = np.concatenate([np.asarray(p[1], dtype=np.float64) for p in parts])[order]
+    labels = np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts])[order]
+    gens = [g for p in parts for g in p[3]]
+    return scored_metrics(probs, labels, [gens[i] for i in order])
+
+
+def _loader(
+    dataset: Any, config: TrainConfig, sampler: DistributedSampler | None, drop_last: bool = False
+) -> DataLoader:
+    # Workers are created anew every epoch so that they see the dataset's current epoch (augmentation seed).
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      num_workers=config.workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+# ------------------------------------------------------------------------------------------------ run state
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary file, so a crash never leaves a half-written state."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A ``last.pt`` / ``best.pt`` file: tensors and plain containers only (``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Raise ValueError when ``config`` changes an option that defines the training saved in ``saved``."""
+    current = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(f"{config.out / LAST_FILE} was trained with other options ({diff}); use the same "
+                         f"options, another --out, or --restart. Options that may change: {sorted(RESUMABLE_CHANGES)}")
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def train(config: TrainConfig, restart: bool = False) -> Path:
+    """Run (or resume) a training; returns the checkpoint directory ``config.out / "checkpoint"``.
+
+    Inside a torchrun job every process calls this; rank 0 writes the outputs.
+
+    Args:
+        restart: ignore an existing ``OUT/last.pt`` and start over.
+    """
+    ctx, device = setup_distributed(config.device)
+    try:
+        return _train(config, ctx, device, restart)
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart: bool) -> Path:
     start = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    metrics_path = out / METRICS_FILE
-    metrics_path.write_text("")
+    last_path = out / LAST_FILE
+    state = None if restart or not last_path.is_file() else load_state(last_path)
+    if state is not None:
+        check_resumable(state["config"], config)
+        if state["world_size"] != ctx.world_size:
+            raise ValueError(f"{last_path} was trained by {state['world_size']} processes, this run has "
+                             f"{ctx.world_size}; resume with the same number")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _trim_metrics(out / METRICS_FILE, 0 if state is None else state["epoch"])
+        for stale in (BEST_FILE, LAST_FILE):
+            if state is None and (out / stale).exists():
+                (out / stale).unlink()
+    _barrier(ctx)
 
+    amp = config.amp and device.type == "cuda"
     augment = Augment(blur_prob=config.blur_prob, jpeg_prob=config.jpeg_prob)
     train_set = RealFakeDataset(config.data, config.train_split, config.image_size, train=True, augment=augment,
                                 seed=config.seed)
     val_set = RealFakeDataset(config.data, config.val_split, config.image_size, train=False)
     if len(set(val_set.labels.tolist())) < 2:
         raise ValueError(f"validation split {val_set.root} needs both real and fake images")
-    train_loader = _loader(train_set, config, shuffle=True, seed=config.seed)
-    val_loader = _loader(val_set, config, shuffle=False, seed=config.seed)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    train_loader = _loader(train_set, config, sampler, drop_last=len(sampler) > config.batch_size)
 
     size = (config.image_size, config.image_size)
     metadata = DetectorMetadata(backbone=config.backbone.value, input_size=size, fft_stage=FFTStageConfig(masks=0))
-    model = Detector(
+    seed_everything(config.seed)
+    detector = Detector(
         metadata,
         pretrained=config.pretrained,
         weights_path=None if config.weights_path is None else str(config.weights_path),
     ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    criterion = torch.nn.BCEWithLogitsLoss()
-    mask_spec = config.mask_spec
-    mask_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    logger.info("training %s on %s: %d train / %d val images, masking %s", config.backbone.value, device,
-                len(train_set), len(val_set), mask_spec)
+    net = MaskedDetector(detector, config.mask_spec)
+    model: nn.Module = net
+    if ctx.active:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    lr = config.lr * ctx.world_size
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    schedule = PlateauSchedule(lr, config.patience, config.min_delta, config.lr_factor, config.min_lr_ratio)
+    criterion = nn.BCEWithLogitsLoss()
+    mask_generator = torch.Generator(device=device)
 
-    best: dict[str, Any] | None = None
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        train_set.set_epoch(epoch)
+    first_epoch, step, best = 0, 0, None
+    if state is not None:
+        detector.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        schedule.load_state_dict(state["schedule"])
+        first_epoch, step, best = int(state["epoch"]), int(state["step"]), state["best"]
+        _set_rng_state(state["rng"])
+        logger.info("resuming %s after epoch %d (step %d, lr %.3g, best epoch %s)", out, first_epoch, step,
+                    schedule.lr, None if best is None else best["epoch"])
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.lr
+    if ctx.is_main:
+        logger.info("training %s on %s x%d (amp %s): %d train / %d val images, lr %.3g, masking %s",
+                    config.backbone.value, device, ctx.world_size, amp, len(train_set), len(val_set), lr,
+                    config.mask_spec)
+
+    for epoch in range(first_epoch, config.epochs):
+        if schedule.stopped or (config.max_steps is not None and step >= config.max_steps):
+            break
         t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
+        seed = epoch_seed(config.seed, epoch, ctx.rank)
+        seed_everything(seed)
+        mask_generator.manual_seed(seed)
+        net.generator = mask_generator
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        batches = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None if ctx.is_main else True)
         for images, targets, _ in bar:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            masks = mask_spec.sample(images.shape[0], *size, generator=mask_generator, device=device)
-            loss = criterion(model(images, train_masks=masks), targets)
+            with _autocast(device, amp):
+                logits = model(images)
+            loss = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach()
+            batches += 1
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if config.max_steps is not None and step >= config.max_steps:
+            if ctx.is_main and batches % 10 == 1:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (config.epoch_steps is not None and batches >= config.epoch_steps) or (
+                    config.max_steps is not None and step >= config.max_steps):
                 break
-        val, _, _ = evaluate(model, val_loader, device)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                  "epoch_seconds": round(time.perf_counter() - t0, 2), **{f"val_{k}": v for k, v in val.items()}}
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(json_safe(record)) + "\n")
-        logger.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val AP %.4f (%.1f s)", epoch + 1,
-                    record["train_loss"], val["loss"], val["acc"], val["ap"], record["epoch_seconds"])
-        if best is None or val["acc"] > best["val_acc"]:
-            best = {"epoch": epoch + 1, "val_acc": val["acc"], "state": copy.deepcopy(model.state_dict())}
+        train_loss = _mean_over_processes(loss_sum, batches, ctx)
+        if ctx.active:  # BatchNorm statistics of rank 0, which DDP broadcasts, everywhere
+            for buffer in detector.buffers():
+                dist.broadcast(buffer, 0)
+        val = evaluate_sharded(detector, val_set, config, device, amp, ctx)
+        epoch_lr = schedule.lr
+        improved = None
+        if config.early_stopping:
+            improved = schedule.update(val["acc"])
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr
+        is_best = best is None or val["acc"] > best["val_acc"]
+        if is_best:
+            best = {"epoch": epoch + 1, "val_acc": val["acc"]}
+        record = {"epoch": epoch + 1, "step": step, "lr": epoch_lr, "train_loss": train_loss,
+                  "epoch_seconds": round(time.perf_counter() - t0, 2), "improved": improved,
+                  **{f"val_{k}": v for k, v in val.items()}}
+        if ctx.is_main:
+            if is_best:
+                _save({"epoch": epoch + 1, "val_acc": val["acc"], "model": detector.state_dict()}, out / BEST_FILE)
+            with (out / METRICS_FILE).open("a") as fh:
+                fh.write(json.dumps(json_safe(record)) + "\n")
+            _save({"version": STATE_VERSION, "config": config.to_dict(), "world_size": ctx.world_size,
+                   "epoch": epoch + 1, "step": step, "best": best, "model": detector.state_dict(),
+                   "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                   "schedule": schedule.state_dict(), "rng": _rng_state()}, last_path)
+            logger.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val AP %.4f, lr %.3g (%.1f s)%s",
+                        epoch + 1, train_loss, val["loss"], val["acc"], val["ap"], epoch_lr,
+                        record["epoch_seconds"], "" if not schedule.stopped else "; early stop")
         if config.max_steps is not None and step >= config.max_steps:
             logger.info("reached max_steps=%d", config.max_steps)
-            break
 
-    assert best is not None
-    model.load_state_dict(best["state"])
-    val, probs, labels = evaluate(model, val_loader, device)
+    _barrier(ctx)
+    checkpoint = out / CHECKPOINT_DIR
+    if ctx.is_main:
+        checkpoint = _finish(config, detector, metadata, val_set, device, amp, ctx, step, start)
+    _barrier(ctx)
+    return checkpoint
+
+
+def _mean_over_processes(loss_sum: torch.Tensor, batches: int, ctx: Distributed) -> float:
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(batches), dtype=torch.float64,
+                                                          device=loss_sum.device)])
+    if ctx.active:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+def _trim_metrics(path: Path, epochs: int) -> None:
+    """Keep the metric lines of the first ``epochs`` epochs (all of a finished state; none on a fresh start)."""
+    lines = path.read_text().splitlines() if path.is_file() and epochs > 0 else []
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _finish(
+    config: TrainConfig, detector: Detector, metadata: DetectorMetadata, val_set: RealFakeDataset,
+    device: torch.device, amp: bool, ctx: Distributed, step: int, start: float,
+) -> Path:
+    """Rank 0: reload the best epoch, calibrate its threshold on validation reals, write the checkpoint."""
+    best = load_state(config.out / BEST_FILE)
+    detector.load_state_dict(best["model"])
+    val, probs, labels = evaluate(detector, _loader(val_set, config, None), device, amp)
     real_probs = probs[labels == 0]
     threshold = threshold_at_fpr(real_probs, config.target_fpr)
     calibrated = binary_metrics(probs, labels, threshold)
     final = {
-        "best_epoch": best["epoch"],
+        "best_epoch": int(best["epoch"]),
         "steps": step,
+        "world_size": ctx.world_size,
+        "effective_lr": config.lr * ctx.world_size,
         "val": val,
         "val_at_threshold": {**calibrated, "fpr": false_positive_rate(real_probs, threshold),
                              "tpr": calibrated["fake_acc"]},
         "train_seconds": round(time.perf_counter() - start, 1),
     }
     logger.info("best epoch %d: val acc %.4f, AP %.4f; threshold %.4g at target FPR %.3f (real FPR %.4f, TPR %.4f)",
-                best["epoch"], val["acc"], val["ap"], threshold, config.target_fpr,
+                final["best_epoch"], val["acc"], val["ap"], threshold, config.target_fpr,
                 final["val_at_threshold"]["fpr"], final["val_at_threshold"]["tpr"])
     metadata = metadata.with_updates(
         threshold=Threshold(value=threshold, method=THRESHOLD_METHOD, target_fpr=config.target_fpr),
         training=config.to_dict(),
         metrics=json_safe(final),
     )
-    model.metadata = metadata
-    return save_checkpoint(model.cpu(), out / CHECKPOINT_DIR, metadata)
+    detector.metadata = metadata
+    return save_checkpoint(copy.deepcopy(detector).cpu(), config.out / CHECKPOINT_DIR, metadata)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and infinities -> None, recursively, so the metrics are strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+# ------------------------------------------------------------------------------------------------ profiling
+
+PROFILED_MASKS = (
+    ("none", MaskSpec(kind=MaskKind.NONE)),
+    ("frequency all 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15)),
+    ("frequency low+mid 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="low+mid", ratio=0.15)),
+    ("frequency all 15% per channel", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15, per_channel=True)),
+    ("frequency legacy all 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15, layout="legacy")),
+    ("dct all 15%", MaskSpec(kind=MaskKind.DCT, band="all", ratio=0.15)),
+    ("wavelet all 15%", MaskSpec(kind=MaskKind.WAVELET, band="all", ratio=0.15)),
+    ("pixel 15%", MaskSpec(kind=MaskKind.PIXEL, ratio=0.15)),
+    ("patch 15%", MaskSpec(kind=MaskKind.PATCH, ratio=0.15)),
+    ("frequency all 15% + rotate/translate", MaskSpec(kind=MaskKind.FREQUENCY, ratio=0.15, rotate=15, translate=0.1)),
+)
+
+
+def _timed(fn: Any, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds (synchronised on CUDA)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: int = 20) -> list[dict[str, Any]]:
+    """Cost of masking against a whole training step (forward, backward, AdamW) on random images.
+
+    Per masking kind: the median time of mask generation + application on the normalised batch, and its share
+    of (step without masking + masking). The configured masking is also timed inside a real step.
+    """
+    device = resolve_device(config.device)
+    amp = config.amp and device.type == "cuda"
+    seed_everything(config.seed)
+    size = (config.image_size, config.image_size)
+    detector = Detector(DetectorMetadata(backbone=config.backbone.value, input_size=size),
+                        pretrained=config.pretrained).to(device)
+    images = torch.randint(0, 256, (config.batch_size, 3, *size), dtype=torch.uint8, device=device)
+    targets = (torch.arange(config.batch_size, device=device) % 2).float()
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    criterion = nn.BCEWithLogitsLoss()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    def step_with(spec: MaskSpec) -> None:
+        net = MaskedDetector(detector, spec).train()
+        net.generator = generator
+        with _autocast(device, amp):
+            logits = net(images)
+        loss = criterion(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    none = MaskSpec(kind=MaskKind.NONE)
+    step_with(none)  # warm-up
+    plain = _timed(lambda: step_with(none), device, step_repeats)
+    configured = config.mask_spec
+    step_with(configured)
+    full = _timed(lambda: step_with(configured), device, step_repeats)
+    normalised = detector.normalise(images)
+    pixels = images.float()
+    rows = []
+    for name, spec in (*PROFILED_MASKS, ("configured: " + _describe(configured), configured)):
+        x = normalised if spec.domain is MaskDomain.NORMALISED else pixels
+        with torch.no_grad():
+            spec.apply(x, generator)
+            seconds = _timed(lambda: spec.apply(x, generator), device, mask_repeats)
+        rows.append({"masking": name, "mask_ms": 1e3 * seconds, "step_ms": 1e3 * (plain + seconds),
+                     "share": seconds / (plain + seconds)})
+    rows.append({"masking": "measured step with the configured masking", "mask_ms": None, "step_ms": 1e3 * full,
+                 "share": None})
+    logger.info("masking cost: %s %dpx batch %d on %s (amp %s); step without masking %.1f ms",
+                config.backbone.value, config.image_size, config.batch_size, device, amp, 1e3 * plain)
+    return rows
+
+
+def _describe(spec: MaskSpec) -> str:
+    return f"{spec.kind.value} {spec.band} {spec.ratio:g} {spec.layout.value}"
+
+
+def _profile_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| masking | mask ms | step ms | mask share |", "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        mask = "" if r["mask_ms"] is None else f"{r['mask_ms']:.2f}"
+        share = "" if r["share"] is None else f"{100 * r['share']:.2f} %"
+        lines.append(f"| {r['masking']} | {mask} | {r['step_ms']:.1f} | {share} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
 
 
 def _choices(enum: type[Enum]) -> list[str]:
@@ -285,62 +747,121 @@ def _choices(enum: type[Enum]) -> list[str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout: training/, validation/)")
-    parser.add_argument("--out", required=True, type=Path, help="run directory (config, metrics, checkpoint/)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset root (Wang layout: training/, validation/); required unless --resume")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (config, metrics, last.pt, best.pt, checkpoint/); resumes from its "
+                             "last.pt when there is one; required unless --resume")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue RUN_DIR with its saved configuration (flags given here override the ones "
+                             "that may change, e.g. --epochs)")
+    parser.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and train from scratch")
     parser.add_argument("--backbone", default=Backbone.EFFICIENTNET_LITE0.value, choices=_choices(Backbone),
                         help="classifier backbone")
     parser.add_argument("--pretrained", action="store_true",
                         help="start from ImageNet weights that ship offline (efficientnet_lite0)")
     parser.add_argument("--weights-path", type=Path, default=None, help="local ImageNet weights for the backbone")
     parser.add_argument("--image-size", type=int, default=64, help="input size (square) in pixels")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size per process")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate per process (x world size)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                        help="constant learning rate for --epochs epochs instead of the paper's plateau schedule")
+    parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before the lr drops")
+    parser.add_argument("--min-delta", type=float, default=0.001,
+                        help="validation accuracy gain that counts as an improvement")
+    parser.add_argument("--lr-factor", type=float, default=0.1, help="lr multiplier on a plateau")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.01,
+                        help="stop once the lr reaches this fraction of the initial lr")
     parser.add_argument("--mask", default=MaskKind.FREQUENCY.value, choices=_choices(MaskKind),
                         help="training-time masking augmentation")
-    parser.add_argument("--mask-band", default=Band.ALL.value, choices=_choices(Band),
-                        help="frequency band of the masked coefficients")
-    parser.add_argument("--mask-ratio", type=float, default=0.15, help="fraction of the band's coefficients masked")
+    parser.add_argument("--mask-band", default=Band.ALL.value,
+                        help="band of the masked coefficients: all, low, mid, high or a combination like low+mid")
+    parser.add_argument("--mask-ratio", type=float, default=0.15,
+                        help="fraction of each band's coefficients (of the pixels, of the patches) masked")
     parser.add_argument("--mask-per-channel", action="store_true", help="an independent mask per colour channel")
     parser.add_argument("--mask-prob", type=float, default=1.0, help="fraction of training samples masked")
+    parser.add_argument("--mask-layout", default=BandLayout.RADIAL.value, choices=_choices(BandLayout),
+                        help="bands by frequency radius, or the authors' legacy rectangles")
+    parser.add_argument("--mask-patch-size", type=int, default=16, help="patch side in pixels (--mask patch)")
+    parser.add_argument("--mask-rotate", type=float, default=0.0, help="max random rotation (degrees) after masking")
+    parser.add_argument("--mask-translate", type=float, default=0.0,
+                        help="max random translation (fraction of the size) after masking")
+    parser.add_argument("--mask-domain", default=MaskDomain.NORMALISED.value, choices=_choices(MaskDomain),
+                        help="mask the normalised tensor, or 0..255 pixels clipped (pixels) or wrapped like the "
+                             "authors' uint8 cast (pixels-wrap)")
     parser.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur (sigma 0..3)")
     parser.add_argument("--jpeg-prob", type=float, default=0.1, help="probability of JPEG re-compression (q 30..100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order, augmentation, masks")
     parser.add_argument("--target-fpr", type=float, default=0.05,
                         help="false-positive rate on validation real images that the threshold is set for")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
+    parser.add_argument("--epoch-steps", type=int, default=None,
+                        help="at most this many optimiser steps per epoch (quick runs)")
     parser.add_argument("--train-split", default="training", help="folder of the training split under --data")
     parser.add_argument("--val-split", default="validation", help="folder of the validation split under --data")
     parser.add_argument("--workers", type=int, default=min(4, (os.cpu_count() or 1) // 2),
-                        help="DataLoader worker processes (0: load in the main process)")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+                        help="DataLoader worker processes per process (0: load in the main process)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (torchrun: one GPU per rank)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="no mixed precision on CUDA (it is never used on CPU)")
+    parser.add_argument("--profile-masking", action="store_true",
+                        help="time mask generation + application against a training step on random images, "
+                             "print a table and exit (uses --backbone, --image-size, --batch-size, --mask-*)")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data, out=args.out, backbone=Backbone(args.backbone), pretrained=args.pretrained,
-        weights_path=args.weights_path, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, mask=MaskKind(args.mask), mask_band=Band(args.mask_band),
-        mask_ratio=args.mask_ratio, mask_per_channel=args.mask_per_channel, mask_prob=args.mask_prob,
-        blur_prob=args.blur_prob, jpeg_prob=args.jpeg_prob, seed=args.seed, target_fpr=args.target_fpr,
-        max_steps=args.max_steps, train_split=args.train_split, val_split=args.val_split, workers=args.workers,
-        device=args.device,
-    )
+CLI_ONLY = ("resume", "restart", "profile_masking")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     given: set[str] | None = None) -> TrainConfig:
+    """The configuration of parsed flags; with ``base`` (a saved configuration) only the ``given`` flags apply."""
+    values = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    if base is not None:
+        values = {**base, **{k: v for k, v in values.items() if k in (given or set())}}
+    if values.get("data") is None or values.get("out") is None:
+        raise ValueError("--data and --out are required (or --resume RUN_DIR)")
+    return TrainConfig.from_dict(values)
+
+
+def _given_flags(argv: list[str] | None) -> set[str]:
+    """Destinations of the flags that appear on the command line."""
+    probe = get_args_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(levelname)s %(name)s{f' [rank {rank}]' if rank else ''}: %(message)s")
     try:
-        checkpoint = train(config_from_args(args))
+        if args.resume is not None:
+            saved = args.resume / CONFIG_FILE
+            if not (args.resume / LAST_FILE).is_file() or not saved.is_file():
+                raise FileNotFoundError(f"{args.resume} holds no {LAST_FILE} and {CONFIG_FILE} to resume from")
+            base = {**json.loads(saved.read_text()), "out": args.resume}
+            config = config_from_args(args, base, _given_flags(argv) - {"out"})
+        elif args.profile_masking:
+            config = config_from_args(argparse.Namespace(**{**vars(args), "data": Path("."), "out": Path(".")}))
+        else:
+            config = config_from_args(args)
+        if args.profile_masking:
+            print(_profile_table(profile_masking(config)))
+            return 0
+        checkpoint = train(config, restart=args.restart)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
-    metadata = DetectorMetadata.load(checkpoint)
-    print(json.dumps({"checkpoint": str(checkpoint), "threshold": metadata.threshold.value,
-                      "metrics": metadata.metrics}, indent=1))
+    if rank == 0:
+        metadata = DetectorMetadata.load(checkpoint)
+        print(json.dumps({"checkpoint": str(checkpoint), "threshold": metadata.threshold.value,
+                          "metrics": metadata.metrics}, indent=1))
     return 0
 
 
