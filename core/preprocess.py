@@ -9,11 +9,10 @@ smaller, with torchvision ``CenterCrop`` semantics) -> uint8 CHW. Normalisation 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
@@ -29,6 +28,17 @@ class DecodeLimits:
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(str(f).strip().upper() for f in self.formats))
+        if self.max_bytes < 1 or self.max_pixels < 1:
+            raise ValueError(f"max_bytes and max_pixels must be >= 1, got {self.max_bytes} and {self.max_pixels}")
+        Image.init()
+        unknown = [f for f in self.formats if f not in Image.ID]
+        if not self.formats or unknown:
+            raise ValueError(
+                f"formats must name Pillow formats, got unknown {unknown or 'none'}; e.g. {', '.join(DEFAULT_FORMATS)}"
+            )
 
 
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
@@ -56,44 +66,90 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+# EXIF orientation (tag 0x0112) -> the transposition that displays the image upright; any other value is ignored.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def _orientation_transpose(img: Image.Image) -> Image.Transpose | None:
+    """The transposition the image's EXIF orientation asks for, or None.
+
+    A missing, broken or nonsensical EXIF block (orientation 0, 9, 65535, a string, a tuple, an IFD that points
+    past the end of the data) means "no orientation": it never rejects an image whose pixels decode.
+    """
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many types on hostile data
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return _ORIENTATION.get(value)
+
+
+def _sniff_format(head: bytes) -> str | None:
+    """The format whose magic number ``head`` starts with, by Pillow's signature checks only (no plugin runs)."""
+    Image.init()
+    for fmt in Image.ID:
+        try:
+            accept = Image.OPEN[fmt][1]
+            if accept is not None and accept(head):
+                return fmt
+        except Exception:  # noqa: BLE001 - a signature check must not fail the request's real error
+            continue
+    return None
+
+
 def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     """Decode image bytes to an HxWx3 uint8 RGB array with EXIF orientation applied.
 
+    Only Pillow's plugins for ``limits.formats`` ever parse the bytes. Animated and multi-page images (GIF, WebP,
+    APNG, TIFF) give their first frame; a broken EXIF block is ignored. The pixel limit is checked on the header's
+    size, before any pixel is decoded.
+
     Raises:
-        ImageDecodeError: empty, oversized, corrupt, truncated, unsupported or too many pixels.
+        ImageDecodeError: empty, oversized, corrupt, truncated, unsupported or too many pixels; nothing else, whatever
+            the bytes.
     """
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty payload: no image bytes")
     if len(data) > limits.max_bytes:
         raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or "unknown"
-            if fmt not in limits.formats:
-                raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}")
-            width, height = img.size
-            if width < 1 or height < 1:
-                raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-            if width * height > limits.max_pixels:
+        try:
+            img = Image.open(io.BytesIO(data), formats=list(limits.formats))
+        except UnidentifiedImageError:
+            fmt = _sniff_format(bytes(data[:16]))
+            if fmt is not None and fmt not in limits.formats:
                 raise ImageDecodeError(
-                    f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels"
-                )
-            img.load()  # first frame of animated formats
-            try:
-                img = ImageOps.exif_transpose(img)
-            except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a decodable image
-                pass
-            return _to_rgb_uint8(img)
+                    f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}"
+                ) from None
+            raise ImageDecodeError("not a recognised image (corrupt data or unknown format)") from None
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+        if width * height > limits.max_pixels:
+            raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels")
+        img.load()  # Image.open leaves animated and multi-page images on their first frame
+        transpose = _orientation_transpose(img)
+        if transpose is not None:
+            img = img.transpose(transpose)
+        return _to_rgb_uint8(img)
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image (corrupt data or unknown format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb rejected: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - hostile bytes can make a plugin raise anything (struct.error, ...)
+        raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
 
 def center_crop_or_pad(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -153,15 +153,14 @@ def plot(rows: dict, configs: tuple[MaskingConfig, ...], path: Path) -> None:
     plt.close(fig)
 
 
-def test_time_masking(cfg: AblationConfig, results: dict[str, list[dict]]) -> dict:
-    """Test-time masking sweep of the reference config: mean over seeds per K."""
-    per_seed = [m.get("test_time_masking") for m in results.get(REFERENCE, []) if m.get("test_time_masking")]
-    if not per_seed:
-        return {}
-    out = {}
-    for k in per_seed[0]:
-        out[k] = {key: _mean_std([s[k][key] for s in per_seed]) for key in per_seed[0][k]
-                  if isinstance(per_seed[0][k][key], (int, float))}
+def test_time_masking(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Test-time masking sweep of the reference config: per K, mean +- std over seeds of AP, calibrated accuracy
+    and cost (``training.evaluate --masks`` writes one row per K)."""
+    per_seed = [m["test_time_masking"] for m in results.get(REFERENCE, []) if m.get("test_time_masking")]
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for rows in zip(*per_seed):
+        k = str(rows[0]["masks"])
+        out[k] = {key: _mean_std([r[key] for r in rows]) for key in ("ap", "acc_calibrated", "ms_per_image")}
     return out
 
 
@@ -178,7 +177,7 @@ def run(cfg: AblationConfig) -> dict:
             results.setdefault(masking.name, []).append(train_and_evaluate(cfg, masking, seed))
     rows = summarise(cfg, results)
     report = {"seen_families": list(cfg.seen_families), "seeds": list(cfg.seeds),
-              "train_flags": list(cfg.train_flags), "configs": rows, "test_time_masking": test_time_masking(cfg, results)}
+              "train_flags": list(cfg.train_flags), "configs": rows, "test_time_masking": test_time_masking(results)}
     (cfg.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_table(rows, cfg.configs)
     (cfg.out / "ablation.md").write_text(table + "\n")

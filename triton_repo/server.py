@@ -4,9 +4,20 @@ The bundled server has the python backend only, so it serves the ``cpu`` target.
 the repository (the python stub writes ``__pycache__`` into version folders), binds 127.0.0.1 by default, gives
 its python-backend shared-memory regions a unique prefix and removes exactly those when it stops.
 
+A python stub that dies hard (OOM killer, a crash in native code) leaves its model answering every request with
+"Stub process '...' is not healthy" while Triton still reports the model ready. ``TritonServer.check_health()``
+notices that (a dead stub is a zombie child of the server) besides a dead or unresponsive server, and
+``TritonServer.watch()`` runs that check in a thread and recovers: it reloads the model whose stub died when model
+control is explicit, and otherwise restarts the server on the same ports, so clients that retry UNAVAILABLE
+recover by themselves. See triton_repo/README.md for the production settings (TLS, restricted APIs, limits).
+
 Example::
 
     python -m triton_repo.server --model-repository artifacts/demo/repository  # Ctrl-C stops it
+    python -m triton_repo.server --model-repository REPO --watch-interval 1 \
+        --grpc-server-cert server.pem --grpc-server-key server.key --grpc-root-cert ca.pem --grpc-mutual-tls
+    TRITON_ADMIN_KEY=... python -m triton_repo.server --model-repository REPO --model-control-explicit \
+        --admin-key-header admin-key
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,10 +35,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -34,6 +48,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
+# tritonserver's log line once every in-flight inference has finished after SIGTERM (server.cc, 2.51).
+DRAINED_MARK = b"All models are stopped"
+STUB_COMM = "triton_python_b"  # /proc/<pid>/comm of triton_python_backend_stub (truncated to 15 characters)
 
 
 class ServerError(RuntimeError):
@@ -56,7 +73,81 @@ def _pytriton_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class GrpcTLS:
+    """TLS on the gRPC endpoint (tritonserver's ``--grpc-use-ssl`` family); the HTTP endpoint stays plain.
+
+    Attributes:
+        server_cert: PEM certificate the server presents; its subject alternative names must cover the address
+            clients dial (``127.0.0.1``, ``localhost``, the service name).
+        server_key: PEM private key of ``server_cert``.
+        root_cert: PEM CA bundle the server trusts for client certificates (mutual TLS).
+        mutual: require and verify a client certificate signed by ``root_cert``.
+    """
+
+    server_cert: Path
+    server_key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mutual and self.root_cert is None:
+            raise ValueError("mutual TLS needs root_cert: the CA that signed the client certificates")
+        for path in (self.server_cert, self.server_key, self.root_cert):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+
+    def args(self) -> list[str]:
+        """tritonserver flags for this setting."""
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.server_cert}", f"--grpc-server-key={self.server_key}"]
+        if self.root_cert is not None:
+            args.append(f"--grpc-root-cert={self.root_cert}")
+        if self.mutual:
+            args.append("--grpc-use-ssl-mutual=true")
+        return args
+
+
+@dataclass(frozen=True)
+class RestrictedAPI:
+    """Triton's administrative APIs answer only requests that carry the key, via ``--http-restricted-api`` and
+    ``--grpc-restricted-protocol``: HTTP header ``<header>: <value>``, gRPC metadata
+    ``triton-grpc-protocol-<header>: <value>`` (Triton adds that prefix on gRPC). Inference and health stay open.
+
+    The launcher's own ``load_model`` / ``unload_model`` send the header. The value appears on the server's command
+    line (visible to local users in ``ps``): it guards against network callers, not against the host.
+    """
+
+    header: str
+    value: str
+    apis: tuple[str, ...] = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9-]+", self.header):
+            raise ValueError(f"header must be lower-case letters, digits and '-' (gRPC metadata), got {self.header!r}")
+        if not self.value or any(c in self.value for c in ",:= "):
+            raise ValueError("value must be non-empty, without ',', ':', '=' or spaces")
+        allowed = {"health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+                   "statistics", "trace", "logging"}
+        if not self.apis or set(self.apis) - allowed:
+            raise ValueError(f"apis must be among {sorted(allowed)}, got {list(self.apis)}")
+
+    def args(self) -> list[str]:
+        spec = f"{','.join(self.apis)}:{self.header}={self.value}"
+        return [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
+
+
+@dataclass(frozen=True)
 class ServerConfig:
+    """How to run tritonserver.
+
+    Attributes:
+        host: the address every endpoint binds; 127.0.0.1 keeps them off the network.
+        model_control_explicit: ``--model-control-mode=explicit`` (all models loaded at start); the repository API
+            can then load and unload models, so keep it private (see triton_repo/README.md).
+        grpc_tls: serve gRPC over TLS (optionally mutual); None: plaintext.
+        restricted_api: require a header key on the administrative APIs (model repository, shared memory, ...).
+        extra_args: appended verbatim to the command line (e.g. ``--grpc-infer-allocation-pool-size=16``).
+    """
+
     model_repository: Path
     host: str = "127.0.0.1"
     http_port: int | None = None  # None: a free port
@@ -69,6 +160,67 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     shm_default_bytes: int = 4 * 1024 * 1024
     env: dict[str, str] = field(default_factory=dict)
+    grpc_tls: GrpcTLS | None = None
+    restricted_api: RestrictedAPI | None = None
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """One python-backend stub, a child process of the server."""
+
+    pid: int
+    model: str  # the model's name, from the stub's command line
+    state: str  # /proc state letter: R, S, D, Z (zombie: it died and the server has not reaped it), ...
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One recovery made by ``watch()`` (a model reload or a server restart): why, when it was detected
+    (``time.monotonic()``), how long until serving again, and whether it worked."""
+
+    reason: str
+    detected_at: float
+    recovered_s: float
+    ok: bool
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children, falling back to a /proc scan)."""
+    found: list[int] = []
+    tasks = glob.glob(f"/proc/{pid}/task/*/children")
+    if tasks:
+        for path in tasks:
+            found.extend(int(token) for token in (_read(path) or "").split())
+        return sorted(set(found))
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        fields = (_read(stat_path) or "").rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[1] == str(pid):
+            found.append(int(stat_path.split("/")[2]))
+    return sorted(found)
+
+
+def _state(pid: int) -> str | None:
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[0] if fields else None
+
+
+def _rss_bytes(pid: int) -> int:
+    status = _read(f"/proc/{pid}/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 class TritonServer:
@@ -80,6 +232,10 @@ class TritonServer:
         self.workdir: Path | None = None
         self.shm_prefix = f"fmdetect_{uuid.uuid4().hex[:12]}_"
         self.http_port = self.grpc_port = self.metrics_port = 0
+        self._lock = threading.RLock()
+        self._watchdog: Watchdog | None = None
+        self._stub_models: dict[int, str] = {}
+        self._recovered_stubs: set[int] = set()  # dead stubs whose model was reloaded (zombies until reaped)
 
     @property
     def grpc_url(self) -> str:
@@ -97,6 +253,12 @@ class TritonServer:
     def log_path(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "tritonserver.log"
+
+    @property
+    def repository(self) -> Path:
+        """The served copy of the model repository (what ``load_model`` reads from)."""
+        assert self.workdir is not None, "the server is not started"
+        return self.workdir / "models"
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -148,100 +310,389 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={c.shm_default_bytes}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *(["--model-control-mode=explicit", "--load-model=*"] if c.model_control_explicit else []),
+            *(c.grpc_tls.args() if c.grpc_tls is not None else []),
+            *(c.restricted_api.args() if c.restricted_api is not None else []),
             *c.extra_args,
         ]
+
+    def _launch(self) -> None:
+        """Start the process on the current ports and wait until it is ready (raises ServerError)."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self._command(self.repository, self.workdir / "backends"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._environment(),
+                start_new_session=True,
+            )
+        self._wait_ready()
+        self.stubs()  # learn each stub's model while its command line is readable (a zombie's is empty)
+        logger.info("tritonserver ready: grpc %s, http %s (pid %d)", self.grpc_url, self.http_url, self.process.pid)
 
     def start(self, attempts: int = 3) -> None:
         """Start the server and wait until it is ready; retries with new ports if one was taken meanwhile."""
         c = self.config
         if not Path(c.model_repository).is_dir():
             raise ServerError(f"model repository {c.model_repository} does not exist")
-        self.workdir = Path(tempfile.mkdtemp(prefix="fmdetect-triton-"))
-        repository = self.workdir / "models"
-        shutil.copytree(c.model_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
-        backends = self._backend_dir(self.workdir)
-        for attempt in range(attempts):
-            self.http_port = c.http_port or free_port(c.host)
-            self.grpc_port = c.grpc_port or free_port(c.host)
-            self.metrics_port = c.metrics_port or free_port(c.host)
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    self._command(repository, backends),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=self._environment(),
-                    start_new_session=True,
-                )
-            try:
-                self._wait_ready()
-                logger.info("tritonserver ready: grpc %s, http %s (pid %d)", self.grpc_url, self.http_url,
-                            self.process.pid)
-                return
-            except ServerError as exc:
-                port_taken = "already in use" in self.log_tail()
-                self._terminate()
-                if not port_taken or attempt == attempts - 1 or (c.http_port and c.grpc_port):
-                    self._cleanup()
-                    raise exc
-                logger.warning("a port was taken; retrying with new ports")
+        with self._lock:
+            self.workdir = Path(tempfile.mkdtemp(prefix="fmdetect-triton-"))
+            shutil.copytree(c.model_repository, self.repository, ignore=shutil.ignore_patterns("__pycache__"))
+            self._backend_dir(self.workdir)
+            for attempt in range(attempts):
+                self.http_port = c.http_port or free_port(c.host)
+                self.grpc_port = c.grpc_port or free_port(c.host)
+                self.metrics_port = c.metrics_port or free_port(c.host)
+                try:
+                    self._launch()
+                    return
+                except ServerError as exc:
+                    port_taken = "already in use" in self.log_tail()
+                    self._terminate()
+                    if not port_taken or attempt == attempts - 1 or (c.http_port and c.grpc_port):
+                        self._cleanup()
+                        raise exc
+                    logger.warning("a port was taken; retrying with new ports")
+
+    def restart(self, graceful: bool = True, attempts: int = 5) -> float:
+        """Stop the process and start a new one on the same ports, serving the same copy of the repository.
+
+        Clients keep their URL: while the server is away they see UNAVAILABLE, which they retry.
+
+        Args:
+            graceful: SIGTERM first and let in-flight requests finish (up to ``exit_timeout_s``), then kill; False
+                kills at once (right when the server is broken anyway; in-flight requests fail with UNAVAILABLE).
+
+        Returns:
+            Seconds from the call until the new server is ready.
+
+        Raises:
+            ServerError: the new server did not become ready.
+        """
+        begin = time.monotonic()
+        with self._lock:
+            if self.workdir is None:
+                raise ServerError("restart() needs a started server")
+            if graceful:
+                self._drain()
+            self._terminate(graceful=False)
+            self._remove_shm()
+            for attempt in range(attempts):
+                try:
+                    self._launch()
+                    break
+                except ServerError:
+                    port_taken = "already in use" in self.log_tail()
+                    self._terminate(graceful=False)
+                    self._remove_shm()
+                    if not port_taken or attempt == attempts - 1:
+                        raise
+                    time.sleep(0.5)  # the old process's sockets are closing
+        elapsed = time.monotonic() - begin
+        logger.warning("tritonserver restarted on the same ports in %.1f s", elapsed)
+        return elapsed
 
     def log_tail(self, lines: int = 30) -> str:
         if self.workdir is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def is_ready(self) -> bool:
+    def _http_body(
+        self, method: str, path: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Status code and body of one request to the HTTP endpoint (0: no answer)."""
+        request = urllib.request.Request(
+            f"http://{self.http_url}{path}", method=method, headers=headers or {},
+            data=b"" if method == "POST" else None,
+        )
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as exc:
+            return 0, str(exc)
+
+    def _http(self, method: str, path: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> int:
+        return self._http_body(method, path, timeout, headers)[0]
+
+    def is_ready(self) -> bool:
+        return self._http("GET", "/v2/health/ready") == 200
+
+    def is_live(self) -> bool:
+        return self._http("GET", "/v2/health/live") == 200
+
+    def log_errors(self, limit: int = 20) -> list[str]:
+        """The server log's error lines (``E<date> ...``: failed model loads and their reasons), last ``limit``."""
+        if self.workdir is None or not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if re.match(r"E\d{4} ", line)][-limit:]
+
+    def _failure(self, what: str) -> ServerError:
+        errors = "\n".join(self.log_errors())
+        return ServerError(f"{what}:\n{errors + chr(10) if errors else ''}{self.log_tail()}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.ready_timeout_s
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise self._failure(f"tritonserver exited with {self.process.returncode}")
             if self.is_ready():
                 return
             time.sleep(0.1)
-        raise ServerError(f"tritonserver not ready after {self.config.ready_timeout_s:.0f} s:\n{self.log_tail()}")
+        raise self._failure(f"tritonserver not ready after {self.config.ready_timeout_s:.0f} s")
 
-    def _terminate(self) -> None:
+    def _drain(self) -> None:
+        """SIGTERM and wait until the in-flight requests are done (the log says so), the process exits, or
+        ``exit_timeout_s`` passes.
+
+        Meanwhile new requests get UNAVAILABLE ("Server is stopping"). Right after the drain Triton unloads its
+        models and would answer NOT_FOUND ("unknown model") until it exits; a restart kills it at this point
+        instead, so clients only ever see UNAVAILABLE (then a refused connection, also UNAVAILABLE) and retry.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.exit_timeout_s + 2
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                if DRAINED_MARK in log.read():
+                    return
+            time.sleep(0.02)
+
+    def _terminate(self, graceful: bool = True) -> None:
         """SIGTERM the process group, wait, then SIGKILL whatever is left (stubs included)."""
         if self.process is None:
             return
         pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=self.config.exit_timeout_s + 10)
-        except subprocess.TimeoutExpired:
-            logger.warning("tritonserver did not exit in time; killing it")
+        if graceful:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.config.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                logger.warning("tritonserver did not exit in time; killing it")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         self.process = None
+        self._stub_models = {}
+        self._recovered_stubs = set()
 
-    def _cleanup(self) -> None:
+    def _remove_shm(self) -> None:
         for path in glob.glob(str(SHM_DIR / f"{self.shm_prefix}*")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+    def _cleanup(self) -> None:
+        self._remove_shm()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
     def stop(self) -> None:
-        """Stop the server and remove everything it left: processes, shared memory, the served copy."""
-        self._terminate()
-        self._cleanup()
+        """Stop the watchdog and the server and remove everything it left: processes, shared memory, the copy."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        with self._lock:
+            self._terminate()
+            self._cleanup()
 
     def shm_files(self) -> list[str]:
         """Shared-memory regions created by this server's python stubs."""
         return glob.glob(str(SHM_DIR / f"{self.shm_prefix}*"))
+
+    # ------------------------------------------------------------------ processes, health, recovery
+    def stubs(self) -> list[StubProcess]:
+        """The python-backend stub processes of the running server (dead ones included, as zombies)."""
+        process = self.process
+        if process is None:
+            return []
+        found = []
+        for pid in _children(process.pid):
+            state = _state(pid)
+            if state is None or not (_read(f"/proc/{pid}/comm") or "").startswith(STUB_COMM):
+                continue
+            if pid not in self._stub_models:
+                # argv[1] is <repository>/<model>/<version>/model.py; a zombie has no command line left.
+                argv = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
+                if len(argv) > 1 and argv[1]:
+                    self._stub_models[pid] = Path(argv[1]).parent.parent.name
+            found.append(StubProcess(pid=pid, model=self._stub_models.get(pid, "?"), state=state))
+        return found
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its stubs (VmRSS from /proc, shared memory counted per process)."""
+        process = self.process
+        if process is None:
+            return 0
+        return _rss_bytes(process.pid) + sum(_rss_bytes(pid) for pid in _children(process.pid))
+
+    def check_health(self, timeout_s: float = 2.0) -> str | None:
+        """One health check; returns what is wrong, or None.
+
+        Checks that the process runs, every python stub is alive (a dead stub is a zombie child: Triton does not
+        notice it until a request fails, and ``is_model_ready`` keeps saying True), and the server is live and,
+        unless model control is explicit, ready. (With explicit model control readiness follows the operator's
+        loads and unloads: after a refused load the previous version serves on while the server reports not
+        ready.)
+        """
+        process = self.process
+        if process is None:
+            return "tritonserver is not running"
+        if process.poll() is not None:
+            return f"tritonserver exited with {process.returncode}"
+        for stub in self.stubs():
+            if stub.state in ("Z", "X") and stub.pid not in self._recovered_stubs:
+                return f"python stub of model '{stub.model}' (pid {stub.pid}) died"
+        if self._http("GET", "/v2/health/live", timeout=timeout_s) != 200:
+            return "tritonserver is not live"
+        if self.config.model_control_explicit:
+            return None  # readiness follows the operator's loads and unloads (and stays false after a refused one)
+        if self._http("GET", "/v2/health/ready", timeout=timeout_s) != 200:
+            return "tritonserver is not ready"
+        return None
+
+    def watch(
+        self,
+        interval_s: float = 1.0,
+        probe: Callable[[TritonServer], None] | None = None,
+        failures_to_restart: int = 2,
+    ) -> Watchdog:
+        """Check health every ``interval_s`` in a thread and recover when it fails: with explicit model control a
+        model whose stub died is reloaded; anything else (or a failed reload) restarts the server on its ports.
+
+        A dead stub or a dead process is acted on at once; not live / not ready / a failing ``probe`` must repeat
+        ``failures_to_restart`` times in a row (a model being loaded is briefly not ready). ``stop()`` ends it;
+        ``Watchdog.recoveries`` records what it did.
+
+        Args:
+            probe: optional end-to-end check run after the built-in ones, e.g. one inference on a known image;
+                it raises when the server cannot serve.
+        """
+        if self._watchdog is not None:
+            raise RuntimeError("this server is already watched")
+        self._watchdog = Watchdog(self, interval_s, probe, failures_to_restart)
+        self._watchdog.start()
+        return self._watchdog
+
+    def _model_control(self, model: str, action: str, headers: dict[str, str] | None = None) -> None:
+        restricted = self.config.restricted_api
+        headers = {**({restricted.header: restricted.value} if restricted else {}), **(headers or {})}
+        status, body = self._http_body("POST", f"/v2/repository/models/{model}/{action}", 300, headers)
+        if status != 200:
+            raise ServerError(f"{action} of model '{model}' failed (HTTP {status}): {body}")
+
+    def load_model(self, model: str, headers: dict[str, str] | None = None) -> None:
+        """(Re)load ``model`` from the served repository (``model_control_explicit`` only); Triton keeps serving
+        the loaded version until the new one is ready, and keeps it when the new one fails to load.
+
+        Args:
+            headers: extra HTTP headers (the ``restricted_api`` header is added by itself).
+
+        Raises:
+            ServerError: the load failed; the message carries the log's tail.
+        """
+        self._model_control(model, "load", headers)
+
+    def unload_model(self, model: str, headers: dict[str, str] | None = None) -> None:
+        """Unload ``model`` (``model_control_explicit`` only)."""
+        self._model_control(model, "unload", headers)
+
+
+class Watchdog(threading.Thread):
+    """The thread behind ``TritonServer.watch()``; ``recoveries`` lists every restart it made."""
+
+    def __init__(
+        self,
+        server: TritonServer,
+        interval_s: float,
+        probe: Callable[[TritonServer], None] | None,
+        failures_to_restart: int,
+    ) -> None:
+        super().__init__(name="triton-watchdog", daemon=True)
+        self.server = server
+        self.interval_s = interval_s
+        self.probe = probe
+        self.failures_to_restart = max(1, failures_to_restart)
+        self.recoveries: list[Recovery] = []
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=self.server.config.ready_timeout_s + 30)
+
+    def _problem(self) -> tuple[str | None, bool]:
+        """(what is wrong, whether it warrants recovery at once); skips the round while another thread starts,
+        restarts or stops the server."""
+        if not self.server._lock.acquire(blocking=False):
+            return None, False
+        try:
+            problem = self.server.check_health()
+        finally:
+            self.server._lock.release()
+        if problem is not None:
+            return problem, "died" in problem or "exited" in problem
+        if self.probe is not None:
+            try:
+                self.probe(self.server)
+            except Exception as exc:  # noqa: BLE001 - any probe failure counts
+                return f"probe failed: {exc}", False
+        return None, False
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stopping.wait(self.interval_s):
+            problem, urgent = self._problem()
+            if problem is None:
+                failures = 0
+                continue
+            failures += 1
+            if not urgent and failures < self.failures_to_restart:
+                continue
+            failures = 0
+            if self._stopping.is_set():
+                return
+            detected = time.monotonic()
+            ok = self._reload_dead_models() or self._restart(problem)
+            self.recoveries.append(Recovery(problem, detected, time.monotonic() - detected, ok))
+
+    def _reload_dead_models(self) -> bool:
+        """With explicit model control, reload the models whose stub died (Triton starts a new stub); the rest of
+        the server keeps serving. False: not possible here, restart instead."""
+        server = self.server
+        if not server.config.model_control_explicit:
+            return False
+        with server._lock:
+            dead = [s for s in server.stubs() if s.state in ("Z", "X") and s.pid not in server._recovered_stubs]
+            if not dead or any(s.model == "?" for s in dead):
+                return False
+            try:
+                for model in sorted({s.model for s in dead}):
+                    logger.warning("python stub of model '%s' died; reloading the model", model)
+                    server.load_model(model)
+            except ServerError as exc:
+                logger.error("reload failed: %s", exc)
+                return False
+            server._recovered_stubs.update(s.pid for s in dead)
+            return True
+
+    def _restart(self, problem: str) -> bool:
+        logger.warning("tritonserver unhealthy (%s); restarting it", problem)
+        try:
+            self.server.restart(graceful=False)
+            return True
+        except ServerError as exc:
+            logger.error("restart failed: %s", exc)
+            return False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -252,12 +703,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument("--watch-interval", type=float, default=2.0,
+                        help="seconds between health checks; an unhealthy server is restarted (0 disables)")
+    parser.add_argument("--model-control-explicit", action="store_true",
+                        help="allow loading/unloading models through the repository API (keep that API private)")
+    parser.add_argument("--grpc-server-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--grpc-server-key", type=Path, help="PEM private key of --grpc-server-cert")
+    parser.add_argument("--grpc-root-cert", type=Path, help="PEM CA that signs client certificates")
+    parser.add_argument("--grpc-mutual-tls", action="store_true",
+                        help="require client certificates signed by --grpc-root-cert")
+    parser.add_argument("--admin-key-header", metavar="NAME",
+                        help="restrict the model-repository, model-config, shared-memory, statistics, trace and "
+                             "logging APIs to requests carrying header NAME with the value of $TRITON_ADMIN_KEY")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = None
+    if args.grpc_server_cert or args.grpc_server_key:
+        if not (args.grpc_server_cert and args.grpc_server_key):
+            parser.error("TLS needs both --grpc-server-cert and --grpc-server-key")
+        try:
+            tls = GrpcTLS(args.grpc_server_cert, args.grpc_server_key, args.grpc_root_cert, args.grpc_mutual_tls)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.grpc_root_cert or args.grpc_mutual_tls:
+        parser.error("--grpc-root-cert and --grpc-mutual-tls need --grpc-server-cert and --grpc-server-key")
+    restricted = None
+    if args.admin_key_header:
+        try:
+            restricted = RestrictedAPI(args.admin_key_header, os.environ.get("TRITON_ADMIN_KEY", ""))
+        except ValueError as exc:
+            parser.error(f"--admin-key-header needs TRITON_ADMIN_KEY set: {exc}")
     server = TritonServer(
         ServerConfig(
             model_repository=args.model_repository,
@@ -266,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             log_verbose=args.log_verbose,
+            model_control_explicit=args.model_control_explicit,
+            grpc_tls=tls,
+            restricted_api=restricted,
         )
     )
     stopping = False
@@ -281,11 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"serving {args.model_repository}: gRPC {server.grpc_url}  HTTP {server.http_url}  "
+    watchdog = server.watch(args.watch_interval) if args.watch_interval > 0 else None
+    print(f"serving {args.model_repository}: gRPC {server.grpc_url}{' (TLS)' if tls else ''}  HTTP {server.http_url}  "
           f"metrics {server.metrics_url}  (Ctrl-C stops)", flush=True)
     try:
         while not stopping:
-            if server.process is None or server.process.poll() is not None:
+            if watchdog is not None:
+                if any(not recovery.ok for recovery in watchdog.recoveries):
+                    print(f"tritonserver could not be restarted:\n{server.log_tail()}", file=sys.stderr)
+                    return 1
+            elif server.process is None or server.process.poll() is not None:
                 print(f"tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
                 return 1
             time.sleep(0.5)

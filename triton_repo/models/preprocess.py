@@ -1,12 +1,20 @@
 """Triton python model ``preprocess``: image bytes -> uint8 (3, H, W) at the checkpoint's input size.
 
 Each request is decoded on a thread pool (Pillow releases the GIL while decoding), and each is answered on its
-own: a corrupt, empty, oversized or unsupported image fails its request with INVALID_ARG and the reason, while
-the requests batched with it succeed. The input size comes from ``metadata.json`` in the version folder.
+own: a corrupt, empty, oversized, too-many-pixels or unsupported image fails its request with INVALID_ARG and the
+reason, while the requests batched with it succeed. Animated or multi-page images give their first frame; a broken
+EXIF block is ignored. The input size comes from ``metadata.json`` in the version folder; the input limits come
+from the config's parameters (see ``triton_repo/README.md``):
+
+- ``max_bytes``: largest encoded image, bytes.
+- ``max_pixels``: largest width x height, checked on the header before any pixel is decoded.
+- ``formats``: comma-separated Pillow formats; no other decoder ever sees the bytes.
+- ``decode_threads``: decoding threads.
 """
 
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,23 +28,44 @@ def _parameters(model_config):
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
 
 
+def _positive_int(params, key, default):
+    raw = params.get(key, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise pb_utils.TritonModelException(f"parameter {key} must be a positive integer, got {raw!r}")
+    return value
+
+
+def limits_from_parameters(params):
+    """The ``DecodeLimits`` a config's parameters ask for; a bad value fails the model load with its reason."""
+    defaults = DecodeLimits()
+    formats = tuple(f for f in params.get("formats", ",".join(defaults.formats)).split(",") if f.strip())
+    try:
+        return DecodeLimits(
+            max_bytes=_positive_int(params, "max_bytes", defaults.max_bytes),
+            max_pixels=_positive_int(params, "max_pixels", defaults.max_pixels),
+            formats=formats,
+        )
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"bad input limits in the config: {exc}") from None
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = _parameters(config)
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.metadata = DetectorMetadata.load(version_dir)
-        defaults = DecodeLimits()
-        self.limits = DecodeLimits(
-            max_bytes=int(params.get("max_bytes", defaults.max_bytes)),
-            max_pixels=int(params.get("max_pixels", defaults.max_pixels)),
-            formats=tuple(f.strip().upper() for f in params.get("formats", ",".join(defaults.formats)).split(",")),
-        )
-        self.pool = ThreadPoolExecutor(max_workers=int(params.get("decode_threads", "2")))
+        self.limits = limits_from_parameters(params)
+        self.pool = ThreadPoolExecutor(max_workers=_positive_int(params, "decode_threads", 2))
+        # Pillow warns about every odd EXIF tag or truncated metadata block it skips; hostile inputs would flood
+        # the server log with them. The failures that matter reach the client as INVALID_ARG instead.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         self.logger = pb_utils.Logger
-        self.logger.log_info(
-            f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}"
-        )
+        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}")
 
     def _decode(self, request):
         payload = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES").as_numpy().reshape(-1)
