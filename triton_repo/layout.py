@@ -7,7 +7,7 @@ Layout written (``cpu`` target)::
     OUT/preprocess/config.pbtxt           python: decode + crop
     OUT/preprocess/1/{model.py,metadata.json}
     OUT/detector/config.pbtxt             python + ONNX Runtime (cpu), tensorrt_plan (gpu-trt), onnxruntime_onnx
-    OUT/detector/1/{model.py,model.onnx}  (gpu-ort); model.plan for gpu-trt
+    OUT/detector/1/{model.py,model.onnx,model.onnx.sha256}  (gpu-ort); model.plan for gpu-trt
 
 The ``gpu-cupy`` target adds a step: preprocess (CPU) -> ``fft_stage`` (python on the GPU: normalise + FFT stage
 with CuPy, ``OUT/fft_stage/1/{model.py,metadata.json}``) -> detector (a TensorRT engine exported with
@@ -21,6 +21,7 @@ they are filled from the checkpoint metadata here. See GPU.md for serving the GP
 from __future__ import annotations
 
 import json
+import hashlib
 import logging
 import shutil
 from enum import Enum
@@ -167,6 +168,9 @@ def write_repository(
     if python_file is not None:
         shutil.copy2(PYTHON_MODELS / python_file, staging / "detector" / "1" / "model.py")
     shutil.copy2(artifact, staging / "detector" / "1" / artifact_name)
+    copied = staging / "detector" / "1" / artifact_name  # the detector checks it before loading
+    copied.with_name(artifact_name + ".sha256").write_text(
+        f"{hashlib.sha256(copied.read_bytes()).hexdigest()}  {artifact_name}\n")
     for side_file in artifact.parent.glob(artifact.stem + ".*.json"):  # e.g. engine metadata beside the plan
         shutil.copy2(side_file, staging / "detector" / "1" / side_file.name)
     if out.exists():

@@ -1,0 +1,166 @@
+"""Faults under load: a python stub or the server killed, and a server restart, with clients that retry UNAVAILABLE.
+
+Load: 4 threads, each a ``DetectorClient`` classifying in a loop with a retry budget (20 retries, backoff
+0.05 s doubling to 1 s, full jitter: ~9 s of waiting on average) that outlasts a restart.
+
+Bounds stated and checked:
+- killed stub, default model control: ``watch()`` notices it within one check (0.5 s) and restarts the server;
+  requests in flight die with the connection (UNAVAILABLE) and are retried, so the callers see no error at all.
+- killed stub, explicit model control: ``watch()`` reloads the model (the rest of the server keeps serving); the
+  requests that reached the dead stub fail with INTERNAL "Stub process ... is not healthy" (the client does not
+  retry INTERNAL): at most 2 per client thread, all sent before the reload completed and answered within 3 s
+  after it.
+- killed server process: restarted on the same ports; the callers see no error.
+- ``restart()`` mid-load (graceful: drain in-flight requests, then replace the process): the callers see no error;
+  every request completes within the restart time + 3 s.
+- a ``probe`` that fails ``failures_to_restart`` times in a row restarts the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import encode, photo_like
+from tests.test_hardening_support import repository_copy
+from triton_repo.server import ServerConfig, TritonServer
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+THREADS = 4
+PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
+
+
+class Load:
+    """``THREADS`` threads classifying in a loop; ``records`` holds (start, end, "ok" or the error) per request."""
+
+    def __init__(self, url: str) -> None:
+        from client import ClientConfig
+
+        self.config = ClientConfig(url=url, retries=20, backoff_base_s=0.05, backoff_max_s=1.0, timeout_s=20)
+        self.records: list[tuple[float, float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(THREADS)]
+
+    def _run(self) -> None:
+        from client import DetectorClient, DetectorClientError
+
+        with DetectorClient(self.config) as client:
+            while not self._stop.is_set():
+                begin = time.monotonic()
+                try:
+                    client.classify(PAYLOAD)
+                    outcome = "ok"
+                except DetectorClientError as exc:
+                    outcome = f"{type(exc).__name__}: {exc.message}"
+                self.records.append((begin, time.monotonic(), outcome))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def errors(self) -> list[tuple[float, float, str]]:
+        return [r for r in self.records if r[2] != "ok"]
+
+    def succeeded_after(self, moment: float) -> int:
+        return sum(1 for begin, _, outcome in self.records if outcome == "ok" and begin > moment)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "explicit, victim",
+    [(False, "detector-stub"), (True, "detector-stub"), (False, "tritonserver")],
+    ids=["stub-restart", "stub-reload-explicit", "server-process"],
+)
+def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path: Path, explicit: bool, victim: str):
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    with TritonServer(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as server:
+        watchdog = server.watch(interval_s=0.5)
+        with Load(server.grpc_url) as load:
+            _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
+            before = {s.pid for s in server.stubs()}
+            if victim == "tritonserver":
+                pid = server.process.pid
+            else:
+                pid = next(s.pid for s in server.stubs() if s.model == "detector")
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            _wait_for(lambda: watchdog.recoveries, 60, "the watchdog to recover")
+            recovered_at = time.monotonic()
+            _wait_for(lambda: load.succeeded_after(recovered_at) >= 20, 30, "answers after the recovery")
+        health = server.check_health()
+        after = {s.pid for s in server.stubs() if s.state != "Z"}
+        recovery = watchdog.recoveries[0]
+
+    errors = load.errors()
+    print(f"{victim} (explicit={explicit}): detected {recovery.detected_at - killed_at:.2f} s after the kill, "
+          f"recovered in {recovery.recovered_s:.2f} s; {len(load.records)} requests, {len(errors)} errors "
+          f"answered {[round(end - killed_at, 2) for _, end, _ in errors]} s after the kill")
+    assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
+    assert ("detector" in recovery.reason) if victim != "tritonserver" else ("exited" in recovery.reason)
+    assert recovery.detected_at - killed_at < 2.0, "not noticed within a few checks"
+    assert recovery.recovered_s < 30.0
+    assert health is None, health
+    assert pid not in after and after != before
+    if explicit:
+        assert all("InferenceError" in e[2] and "is not healthy" in e[2] for e in errors), errors
+        assert len(errors) <= 2 * THREADS, errors
+        # a request already handed to the dead stub fails when the backend gives up on it (~2 s)
+        assert all(begin <= recovered_at and end <= recovered_at + 3.0 for begin, end, _ in errors), errors
+    else:
+        assert errors == [], errors[:5]
+
+
+def test_restart_mid_load_is_invisible_to_retrying_clients(cpu_repository: Path, tmp_path: Path):
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    with TritonServer(ServerConfig(model_repository=repo)) as server:
+        grpc_url, stubs_before = server.grpc_url, {s.pid for s in server.stubs()}
+        with Load(server.grpc_url) as load:
+            _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
+            began = time.monotonic()
+            restart_s = server.restart()
+            done = time.monotonic()
+            _wait_for(lambda: load.succeeded_after(done) >= 20, 30, "answers after the restart")
+        assert server.grpc_url == grpc_url and server.check_health() is None
+        assert not ({s.pid for s in server.stubs()} & stubs_before)
+    across = [end - begin for begin, end, _ in load.records if begin < done and end > began]
+    print(f"restart took {restart_s:.2f} s; {len(load.records)} requests, {len(across)} spanning it, "
+          f"longest {max(across):.2f} s")
+    assert load.errors() == [], load.errors()[:5]
+    assert max(across) < restart_s + 3.0
+
+
+def test_a_failing_probe_restarts_the_server(cpu_repository: Path, tmp_path: Path):
+    """An end-to-end probe (here: fails its first two calls) counts after ``failures_to_restart`` failures."""
+    calls = []
+
+    def probe(server: TritonServer) -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise RuntimeError("probe inference failed")
+
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    with TritonServer(ServerConfig(model_repository=repo)) as server:
+        pid = server.process.pid
+        watchdog = server.watch(interval_s=0.2, probe=probe, failures_to_restart=2)
+        _wait_for(lambda: watchdog.recoveries and len(calls) >= 4, 60, "a restart and two good probes")
+        assert server.process.pid != pid and server.check_health() is None
+    assert [r.reason for r in watchdog.recoveries] == ["probe failed: probe inference failed"]
+    assert watchdog.recoveries[0].ok

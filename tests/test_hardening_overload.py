@@ -1,0 +1,124 @@
+"""Overload: bounded queues reject quickly with UNAVAILABLE instead of letting latency grow without bound.
+
+The load test measures the saturation rate first (closed loop, best of 4, 8 and 16 in flight), then offers twice that rate open-loop for 10 s
+and checks: every request id is answered exactly once, with scores or a clear UNAVAILABLE rejection; answered
+latency stays bounded; the backlog drains within seconds; the server's memory (RSS of tritonserver + its python
+stubs, from /proc) grows less than 15 % from the end of warm-up to the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.metadata import DetectorMetadata
+from tests.conftest import encode, photo_like
+from tests.test_hardening_support import closed_loop, open_loop, repository_copy
+from triton_repo.layout import render_config
+from triton_repo.server import ServerConfig, TritonServer
+
+REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
+MEMORY_GROWTH_BOUND = 0.15
+LATENCY_P99_BOUND_S = 3.0  # queue timeouts (0.5 s per stage) + one batch of each stage, with margin for 2 busy cores
+
+
+@pytest.mark.parametrize("model", ["preprocess", "detector"])
+def test_python_models_have_bounded_rejecting_queues(model):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(
+        render_config(model, "cpu", DetectorMetadata(backbone="resnet50", input_size=(64, 64))),
+        model_config_pb2.ModelConfig(),
+    )
+    policy = config.dynamic_batching.default_queue_policy
+    assert 0 < policy.max_queue_size <= 4 * config.max_batch_size
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert 0 < policy.default_timeout_microseconds <= 5_000_000
+    assert not policy.allow_timeout_override
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog):
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    payload = encode(photo_like(64, 64, 0), "PNG")
+    with TritonServer(ServerConfig(model_repository=repo)) as server:
+        url = server.grpc_url
+        asyncio.run(closed_loop(url, payload, concurrency=8, seconds=1.0))  # first batches of each size
+        # Small batches pipeline preprocess and detector on the 2 cores, large ones serialise them: take the best.
+        saturation = max(asyncio.run(closed_loop(url, payload, c, seconds=2.0)) for c in (4, 8, 16))
+        rate = 2 * saturation
+        # Warm-up at the test's load until memory plateaus: ONNX Runtime's arena and the stubs' shared memory grow
+        # with the largest batches and the most requests in flight, both bounded by the queue limits.
+        asyncio.run(open_loop(url, payload, rate, seconds=5.0))
+        rss_start = server.rss_bytes()
+        run = asyncio.run(open_loop(url, payload, rate, seconds=10.0))
+        rss_end = server.rss_bytes()
+        healthy = server.check_health()
+
+        # The client library under the same overload: UNAVAILABLE is retried (backoff + jitter), nothing else.
+        from client import AsyncDetectorClient, ClientConfig, Prediction, ServerUnavailableError
+
+        async def with_client():
+            config = ClientConfig(url=url, retries=2, backoff_base_s=0.05, backoff_max_s=0.5, max_in_flight=512)
+            async with AsyncDetectorClient(config) as client:
+                return await client.classify_many([payload] * int(rate * 2))
+
+        with caplog.at_level(logging.INFO, logger="client.detector_client"):
+            client_results = asyncio.run(with_client())
+
+    answers = run["answers"]
+    assert sorted(answers) == list(range(run["sent"])), "some request ids got no answer"
+    assert all(len(a) == 1 for a in answers.values()), "a request id was answered more than once"
+    outcomes = [a[0] for a in answers.values()]
+    ok = [o for o in outcomes if o[0] == "ok"]
+    rejected = [o for o in outcomes if o[0] != "ok"]
+    for index, [(status, detail, _)] in answers.items():
+        if status == "ok":
+            assert detail == str(index), f"request {index} got the response of request {detail}"
+    unclear = {(s, m[:80]) for s, m, _ in rejected if s != "StatusCode.UNAVAILABLE" or not any(r in m for r in REJECTIONS)}
+    assert not unclear, unclear
+    ok_latency = np.array([latency for _, _, latency in ok])
+    rejected_latency = np.array([latency for _, _, latency in rejected]) if rejected else np.zeros(1)
+    growth = rss_end / rss_start - 1
+    figures = {
+        "saturation_rps": round(saturation, 1),
+        "offered_rps": round(rate, 1),
+        "sent": run["sent"],
+        "send_s": round(run["send_s"], 2),
+        "ok": len(ok),
+        "served_rps": round(len(ok) / (run["send_s"] + run["drain_s"]), 1),
+        "rejected": len(rejected),
+        "rejected_queue_full": sum("queue size" in m for _, m, _ in rejected),
+        "rejected_timeout": sum("timeout" in m for _, m, _ in rejected),
+        "ok_p50_s": round(float(np.percentile(ok_latency, 50)), 3),
+        "ok_p99_s": round(float(np.percentile(ok_latency, 99)), 3),
+        "rejected_p50_s": round(float(np.percentile(rejected_latency, 50)), 3),
+        "drain_s": round(run["drain_s"], 2),
+        "rss_start_mb": round(rss_start / 1e6, 1),
+        "rss_end_mb": round(rss_end / 1e6, 1),
+        "rss_growth": round(growth, 3),
+    }
+    print("overload figures:", figures)
+    assert healthy is None, healthy
+    assert run["send_s"] < 11.0, f"the load generator could not keep the rate: {figures}"
+    # Goodput must not collapse (the load generator shares the 2 cores, so the server gets less than saturation).
+    assert len(ok) > 0.1 * run["sent"], figures
+    assert figures["ok_p99_s"] < LATENCY_P99_BOUND_S, figures
+    assert figures["rejected_p50_s"] < 1.5, f"rejections must come quickly: {figures}"
+    assert run["drain_s"] < LATENCY_P99_BOUND_S + 1.0, figures
+    assert growth < MEMORY_GROWTH_BOUND, figures
+
+    kinds = {type(r) for r in client_results}
+    assert kinds <= {Prediction, ServerUnavailableError}, kinds
+    assert Prediction in kinds
+    delays = [float(m) for m in re.findall(r"retry \d+/2 in ([0-9.]+) s", caplog.text)]
+    assert all(0.0 <= d <= 0.5 for d in delays), "backoff above its ceiling"
+    if ServerUnavailableError in kinds:
+        assert delays, "a request failed with UNAVAILABLE without being retried"
