@@ -88,15 +88,29 @@ def test_compare_side_by_side(cpu_repository, checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_agrees_with_perf_analyzer(triton_server, tmp_path):
-    """Throughput of this harness and of perf_analyzer within 25% at concurrency 1 to 4."""
-    path = tmp_path / "pa.json"
-    _perf("--url", triton_server.grpc_url, "--concurrency", "1,2,4", "--perf-analyzer", "--window", "2",
-          "--duration", "10", "--num-images", "8", "--image-size", "128", "--json", str(path), "--csv", "",
-          "--plot", "", timeout=900)
-    report = json.loads(path.read_text())
-    ours = {r["concurrency"]: r["throughput_ips"] for r in report["runs"]}
-    theirs = {r["concurrency"]: r for r in report["perf_analyzer"]}
+    """Throughput of this harness and of perf_analyzer within 25% at concurrency 1 to 4.
+
+    The two run one after the other on a shared 2-core machine, so a level that disagrees is measured once more,
+    both ways, before the assertion: a burst of outside load during one of the two runs is not a disagreement.
+    """
+
+    def measure(levels: str, name: str) -> tuple[dict, dict]:
+        path = tmp_path / name
+        _perf("--url", triton_server.grpc_url, "--concurrency", levels, "--perf-analyzer", "--window", "2",
+              "--duration", "10", "--num-images", "8", "--image-size", "128", "--json", str(path), "--csv", "",
+              "--plot", "", timeout=900)
+        report = json.loads(path.read_text())
+        return ({r["concurrency"]: r["throughput_ips"] for r in report["runs"]},
+                {r["concurrency"]: r for r in report["perf_analyzer"]})
+
+    def ratio(ours: dict, theirs: dict, level: int) -> float | None:
+        """ours / perf_analyzer, or None when perf_analyzer could not get a stable measurement."""
+        return None if "error" in theirs[level] else ours[level] / theirs[level]["throughput_ips"]
+
+    ours, theirs = measure("1,2,4", "pa.json")
     for level in (1, 2, 4):
+        first = ratio(ours, theirs, level)
+        if first is None or not 0.75 <= first <= 1.25:
+            ours, theirs = measure(str(level), f"pa_again_c{level}.json")
         assert "error" not in theirs[level], theirs[level]
-        ratio = ours[level] / theirs[level]["throughput_ips"]
-        assert 0.75 <= ratio <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])
+        assert 0.75 <= ratio(ours, theirs, level) <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])
