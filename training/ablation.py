@@ -128,14 +128,40 @@ def markdown_table(rows: dict, configs: tuple[MaskingConfig, ...]) -> str:
     return "\n".join(lines)
 
 
+def per_family_table(rows: dict, configs: tuple[MaskingConfig, ...], seen: tuple[str, ...]) -> str:
+    """AP per testing family (mean +- std over seeds), one row per config; seen families are marked."""
+    names = [c.name for c in configs if c.name in rows]
+    if not names:
+        return ""
+    families = list(rows[names[0]]["per_family_ap"])
+    header = [f"{f} (seen)" if f in seen else f for f in families]
+    lines = ["| training masking | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(families)]
+    for name in names:
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in (rows[name]["per_family_ap"][f] for f in families)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_time_table(sweep: dict[str, dict[str, tuple[float, float]]]) -> str:
+    if not sweep:
+        return ""
+    lines = [f"| test-time masks K | AP (all testing families) | calibrated acc | ms / image |",
+             "| ---: | --- | --- | ---: |"]
+    for k, row in sweep.items():
+        lines.append(f"| {k} | {row['ap'][0]:.3f} ± {row['ap'][1]:.3f} | {row['acc_calibrated'][0]:.3f} ± "
+                     f"{row['acc_calibrated'][1]:.3f} | {row['ms_per_image'][0]:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(rows: dict, configs: tuple[MaskingConfig, ...], path: Path) -> None:
+    """Bars of unseen AP and accuracy (mean +- std over seeds) and AP per testing family, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [c.name for c in configs if c.name in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), dpi=120)
     for ax, key, title in ((axes[0], "unseen_ap", "AP on unseen families"),
                            (axes[1], "unseen_acc", "calibrated accuracy on unseen families")):
         means = [rows[n][key][0] for n in names]
@@ -146,6 +172,17 @@ def plot(rows: dict, configs: tuple[MaskingConfig, ...], path: Path) -> None:
         ax.set_ylim(max(0.0, min(means) - 0.1), 1.0)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
+    ax = axes[2]
+    for family in rows[names[0]]["per_family_ap"]:
+        means = [rows[n]["per_family_ap"][family][0] for n in names]
+        stds = [rows[n]["per_family_ap"][family][1] for n in names]
+        ax.errorbar(range(len(names)), means, yerr=stds, marker="o", capsize=2, label=family)
+    ax.axhline(0.5, color="k", lw=0.8, ls=":")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0.3, 1.0)
+    ax.set_title("AP per testing family", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("Training-time masking, mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +216,9 @@ def run(cfg: AblationConfig) -> dict:
     report = {"seen_families": list(cfg.seen_families), "seeds": list(cfg.seeds),
               "train_flags": list(cfg.train_flags), "configs": rows, "test_time_masking": test_time_masking(results)}
     (cfg.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(rows, cfg.configs)
+    table = "\n\n".join(part for part in (
+        markdown_table(rows, cfg.configs), per_family_table(rows, cfg.configs, cfg.seen_families),
+        test_time_table(report["test_time_masking"])) if part)
     (cfg.out / "ablation.md").write_text(table + "\n")
     plot(rows, cfg.configs, cfg.out / "ablation.png")
     print("\n" + table)
@@ -195,8 +234,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--configs", default="all",
                    help="comma-separated config names (see CONFIGS) or 'all'; e.g. 'none,frequency all 15%%'")
-    p.add_argument("--test-time-masks", default="0,1,4,8", help="K values swept for the reference config")
-    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 10",
+    p.add_argument("--test-time-masks", default="0,1,2,4", help="K values swept for the reference config")
+    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 6",
                    help="flags passed to every training run")
     return p
 

@@ -1,0 +1,76 @@
+"""The ablation driver end to end on the small offline benchmark: real training and evaluation runs (a few steps
+each), aggregation over seeds, the report files, and the per-run cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from training import ablation
+from training.offline_data import BuildConfig, Preset, build_dataset
+
+TINY_TRAINING = "--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 1 --max-steps 2 --workers 0"
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+
+
+@pytest.fixture(scope="module")
+def ablation_out(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ablation")
+    assert ablation.main(["--data", str(small_dataset), "--out", str(out), "--seeds", "0,1",
+                          "--configs", f"none,{ablation.REFERENCE}", "--test-time-masks", "0,1",
+                          "--train-flags", TINY_TRAINING]) == 0
+    return out
+
+
+def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_dataset: Path) -> None:
+    report = json.loads((ablation_out / "ablation.json").read_text())
+    assert report["seen_families"] == ["ae_transposed"] and report["seeds"] == [0, 1]
+    testing = sorted(p.name for p in (small_dataset / "testing").iterdir())
+    per_seed = {name: [json.loads((ablation_out / "runs" / ablation.slug(name) / f"seed{s}" / "eval" /
+                                   "metrics.json").read_text()) for s in (0, 1)]
+                for name in ("none", ablation.REFERENCE)}
+    for name, runs in per_seed.items():
+        row = report["configs"][name]
+        assert row["seeds"] == 2
+        assert sorted(row["per_family_ap"]) == testing
+        # The unseen mean is the mean over seeds of the mean over unseen families, recomputed here from the runs.
+        unseen = [f for f in testing if f != "ae_transposed"]
+        expected = sum(sum(m["generators"][f]["ap"] for f in unseen) / len(unseen) for m in runs) / 2
+        assert row["unseen_ap"][0] == pytest.approx(expected)
+        assert row["seen_ap"][0] == pytest.approx(sum(m["generators"]["ae_transposed"]["ap"] for m in runs) / 2)
+        assert row["unseen_ap"][1] >= 0.0
+    # The test-time sweep comes from the reference config only, one row per K.
+    assert list(report["test_time_masking"]) == ["0", "1"]
+    assert [r["masks"] for r in per_seed[ablation.REFERENCE][1]["test_time_masking"]] == [0, 1]
+    ap_at_1 = sum(m["test_time_masking"][1]["ap"] for m in per_seed[ablation.REFERENCE]) / 2
+    assert report["test_time_masking"]["1"]["ap"][0] == pytest.approx(ap_at_1)
+
+
+def test_report_files(ablation_out: Path) -> None:
+    table = (ablation_out / "ablation.md").read_text()
+    assert "| none |" in table and f"| {ablation.REFERENCE} |" in table
+    assert "ae_transposed (seen)" in table and "test-time masks K" in table
+    with Image.open(ablation_out / "ablation.png") as img:
+        assert img.format == "PNG" and img.width > 2 * img.height
+
+
+def test_rerun_reuses_every_run(ablation_out: Path, small_dataset: Path) -> None:
+    metrics = sorted((ablation_out / "runs").glob("*/seed*/eval/metrics.json"))
+    assert len(metrics) == 4
+    stamps = [p.stat().st_mtime_ns for p in metrics]
+    assert ablation.main(["--data", str(small_dataset), "--out", str(ablation_out), "--seeds", "0,1",
+                          "--configs", f"none,{ablation.REFERENCE}", "--test-time-masks", "0,1",
+                          "--train-flags", TINY_TRAINING]) == 0
+    assert [p.stat().st_mtime_ns for p in metrics] == stamps
+
+
+def test_unknown_config_is_refused(small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert ablation.main(["--data", str(small_dataset), "--out", str(tmp_path), "--configs", "frequency 99%"]) == 2
+    assert "unknown configs" in capsys.readouterr().err
