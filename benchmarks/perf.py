@@ -175,15 +175,14 @@ def directory_payloads(folder: Path, limit: int) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
-DEMO_CHECKPOINT = ROOT / "artifacts" / "runs" / "demo" / "checkpoint"
+DEFAULT_DETECTOR = ROOT / "detectors" / "default"
 
 
 def default_checkpoint() -> Path:
-    """The demo's detector; built by the demo's own steps (dataset, training) when missing."""
-    if not (DEMO_CHECKPOINT / "metadata.json").is_file():
-        print("no detector yet: building the demo's dataset and detector (a few minutes, once)", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "demo.py"), "--only-build"], check=True, cwd=ROOT)
-    return DEMO_CHECKPOINT
+    """The committed default detector (detectors/README.md)."""
+    if not (DEFAULT_DETECTOR / "metadata.json").is_file():
+        raise SystemExit(f"error: {DEFAULT_DETECTOR} is missing; pass --checkpoint or --repository")
+    return DEFAULT_DETECTOR
 
 
 def ensure_repository(cfg: PerfConfig) -> Path:
