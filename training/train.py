@@ -322,6 +322,20 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def optimisation_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module,
+                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
+                      amp: bool) -> torch.Tensor:
+    """One training step: forward (autocast under AMP), BCE loss in fp32, backward, scaled optimiser step."""
+    with _autocast(device, amp):
+        logits = model(images)
+    loss = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 @torch.no_grad()
 def predict(
     model: Detector, loader: DataLoader, device: torch.device, amp: bool = False
@@ -539,13 +553,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
                    disable=None if ctx.is_main else True)
         for images, targets, _ in bar:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                logits = model(images)
-            loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = optimisation_step(model, images, targets, criterion, optimizer, scaler, device, amp)
             loss_sum += loss.detach()
             batches += 1
             step += 1
@@ -694,13 +702,7 @@ def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: in
     def step_with(spec: MaskSpec) -> None:
         net = MaskedDetector(detector, spec).train()
         net.generator = generator
-        with _autocast(device, amp):
-            logits = net(images)
-        loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimisation_step(net, images, targets, criterion, optimizer, scaler, device, amp)
 
     none = MaskSpec(kind=MaskKind.NONE)
     step_with(none)  # warm-up
