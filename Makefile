@@ -43,9 +43,9 @@ cluster: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/perf.py
 
-## The paper's ablation on the offline benchmark (about 85 min on 2 cores; cached per run): table + plot.
+## The paper's ablation on the offline benchmark (hours on 2 cores; cached per run, so it resumes): table + plot.
 ablation: $(STAMP)
-	$(PY) -m training.offline_data --out $(ARTIFACTS)/data/benchmark
+	$(PY) -m training.benchmark --out $(ARTIFACTS)/data/benchmark
 	$(PY) -m training.ablation --data $(ARTIFACTS)/data/benchmark --out $(ARTIFACTS)/ablation --seeds 0,1,2
 
 clean:

@@ -2,8 +2,10 @@
 
 One image travels per request (a bad image then fails only its own request, with the server's reason), and many
 requests are kept in flight at once so that the server's dynamic batcher sees full batches. Failures surface as
-``DetectorClientError`` subclasses with a meaning; only ``UNAVAILABLE`` (server down, restarting, unreachable) is
-retried, with exponential backoff and full jitter, since inference is idempotent.
+``DetectorClientError`` subclasses with a meaning; only ``UNAVAILABLE`` (server down, restarting, unreachable) and a
+known model caught between versions (Triton's "has no available versions" / "is not at ready state", which a server
+that is unloading or loading its models answers for a moment) are retried, with exponential backoff and full
+jitter, since inference is idempotent.
 
 Example::
 
@@ -44,6 +46,9 @@ _UNAVAILABLE = "UNAVAILABLE"
 _MODEL_NOT_READY = re.compile(
     r"unknown model|has no available versions|not at ready state|model\b.*\bis not ready", re.IGNORECASE
 )
+# The transient part of those: the model is in the repository but has no version loaded at this moment (a server
+# unloading its models while it stops, or loading them). A name the server does not know says "is not found".
+_MODEL_BETWEEN_VERSIONS = re.compile(r"has no available versions|not at ready state", re.IGNORECASE)
 
 T = TypeVar("T")
 
@@ -176,7 +181,10 @@ def error_from_triton(exc: InferenceServerException) -> DetectorClientError:
 
 
 def is_retryable(error: DetectorClientError) -> bool:
-    """True for errors worth retrying: UNAVAILABLE answers and connection failures, nothing else."""
+    """True for errors worth retrying: UNAVAILABLE answers, connection failures, and a known model that has no
+    version loaded at this moment (between an unload and a load); nothing else."""
+    if isinstance(error, ModelNotReadyError) and _MODEL_BETWEEN_VERSIONS.search(error.message):
+        return True
     return isinstance(error, ServerUnavailableError) or (error.status or "").endswith(_UNAVAILABLE)
 
 

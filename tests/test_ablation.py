@@ -10,14 +10,15 @@ import pytest
 from PIL import Image
 
 from training import ablation
-from training.offline_data import BuildConfig, Preset, build_dataset
+from training.benchmark import BuildConfig, Profile, build_dataset
+from training.benchmark.families import TRAIN_FAMILY
 
 TINY_TRAINING = "--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 1 --max-steps 2 --workers 0"
 
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def ablation_out(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_dataset: Path) -> None:
     report = json.loads((ablation_out / "ablation.json").read_text())
-    assert report["seen_families"] == ["ae_transposed"] and report["seeds"] == [0, 1]
+    assert report["seen_families"] == [TRAIN_FAMILY] and report["seeds"] == [0, 1]
     testing = sorted(p.name for p in (small_dataset / "testing").iterdir())
     per_seed = {name: [json.loads((ablation_out / "runs" / ablation.slug(name) / f"seed{s}" / "eval" /
                                    "metrics.json").read_text()) for s in (0, 1)]
@@ -41,10 +42,10 @@ def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_
         assert row["seeds"] == 2
         assert sorted(row["per_family_ap"]) == testing
         # The unseen mean is the mean over seeds of the mean over unseen families, recomputed here from the runs.
-        unseen = [f for f in testing if f != "ae_transposed"]
+        unseen = [f for f in testing if f != TRAIN_FAMILY]
         expected = sum(sum(m["generators"][f]["ap"] for f in unseen) / len(unseen) for m in runs) / 2
         assert row["unseen_ap"][0] == pytest.approx(expected)
-        assert row["seen_ap"][0] == pytest.approx(sum(m["generators"]["ae_transposed"]["ap"] for m in runs) / 2)
+        assert row["seen_ap"][0] == pytest.approx(sum(m["generators"][TRAIN_FAMILY]["ap"] for m in runs) / 2)
         assert row["unseen_ap"][1] >= 0.0
     # The test-time sweep comes from the reference config only, one row per K.
     assert list(report["test_time_masking"]) == ["0", "1"]
@@ -56,7 +57,7 @@ def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_
 def test_report_files(ablation_out: Path) -> None:
     table = (ablation_out / "ablation.md").read_text()
     assert "| none |" in table and f"| {ablation.REFERENCE} |" in table
-    assert "ae_transposed (seen)" in table and "test-time masks K" in table
+    assert f"{TRAIN_FAMILY} (seen)" in table and "test-time masks K" in table
     with Image.open(ablation_out / "ablation.png") as img:
         assert img.format == "PNG" and img.width > 2 * img.height
 

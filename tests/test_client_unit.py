@@ -140,6 +140,35 @@ def test_does_not_retry_other_errors(status, expected):
     assert sleeps == []
 
 
+class MessageCall:
+    """A transport call that fails ``times`` times with one status and message, then answers."""
+
+    def __init__(self, status: str, message: str, times: int) -> None:
+        self.status, self.message, self.times, self.calls = status, message, times, 0
+
+    def __call__(self) -> object:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise _triton_error(self.status, self.message)
+        return "ok"
+
+
+@pytest.mark.parametrize("status", ["StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"])
+def test_a_known_model_between_versions_is_retried(status):
+    """What a stopping server answers while it unloads its models (seen during restart()) is retried."""
+    message = "Request for unknown model: 'deepfake_detector' has no available versions"
+    call, sleeps = MessageCall(status, message, 2), []
+    assert _call_with_retries(call, _retry_config(), sleep=sleeps.append, rand=lambda: 1.0) == "ok"
+    assert call.calls == 3 and len(sleeps) == 2
+
+
+def test_a_model_the_server_does_not_know_is_not_retried():
+    call, sleeps = MessageCall("StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found", 5), []
+    with pytest.raises(ModelNotReadyError):
+        _call_with_retries(call, _retry_config(), sleep=sleeps.append)
+    assert call.calls == 1 and sleeps == []
+
+
 def test_zero_retries_means_a_single_attempt():
     call, sleeps = FlakyCall(["StatusCode.UNAVAILABLE"] * 10), []
     with pytest.raises(ServerUnavailableError):

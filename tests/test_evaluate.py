@@ -33,7 +33,8 @@ from training.evaluate import (
     predict,
 )
 from training.model import Detector
-from training.offline_data import BuildConfig, Preset, build_dataset
+from training.benchmark import BuildConfig, Profile, build_dataset
+from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
 
 SIZE = (64, 64)
 GENERATOR_KEYS = {"ap", "acc", "acc_calibrated", "real_acc", "fake_acc", "auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "n"}
@@ -51,7 +52,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Same directory as test_training's fixture: within one session the second request finds the build complete.
-    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 def make_checkpoint(path: Path, masks: int = 0, threshold: Threshold | None = None) -> Path:
@@ -238,7 +239,7 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
 
     report = json.loads((out / METRICS_JSON).read_text())
     assert report["threshold"] == 0.45
-    assert sorted(report["generators"]) == ["ae_nearest", "ae_transposed"]
+    assert sorted(report["generators"]) == sorted(ALL_FAMILIES)
     for row in [*report["generators"].values(), report["mean"]]:
         assert GENERATOR_KEYS <= row.keys()
         assert all(0.0 <= row[k] <= 1.0 for k in GENERATOR_KEYS - {"n"})
@@ -248,7 +249,7 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     # The metrics are those of scores.csv, computed by scikit-learn.
     with (out / SCORES_CSV).open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == report["mean"]["n"] == 128
+    assert len(rows) == report["mean"]["n"] == 64 * len(ALL_FAMILIES)
     for name, metrics in report["generators"].items():
         labels = np.array([int(r["label"]) for r in rows if r["generator"] == name])
         probs = np.array([float(r["prob_fake"]) for r in rows if r["generator"] == name])
@@ -269,10 +270,26 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     calibration = report["calibration"]
     assert calibration["split"] == "validation" and calibration["temperature"] > 0
     assert calibration["fit"]["nll_after"] <= calibration["fit"]["nll_before"] + 1e-12
-    assert calibration["fit"]["n"] == 64 and calibration["test"]["n"] == 128
+    assert calibration["fit"]["n"] == 64 and calibration["test"]["n"] == 64 * len(ALL_FAMILIES)
     assert calibration["implied_threshold"] == 0.5 and calibration["fpr_threshold"] == 0.45
     assert DetectorMetadata.load(checkpoint).threshold.value == 0.45  # serving untouched
-    assert "| **mean** | 128 |" in (out / METRICS_MD).read_text()
+    assert f"| **mean** | {64 * len(ALL_FAMILIES)} |" in (out / METRICS_MD).read_text()
+
+    # The benchmark summary: FPR per real source (the small build tests on matplotlib's photo), recomputed here
+    # from scores.csv; the unseen mean and the mechanism summary from the per-family table.
+    bench = report["benchmark"]
+    real_probs = np.array([float(r["prob_fake"]) for r in rows if r["label"] == "0"])
+    assert bench["real_sources"] == {"matplotlib": {"n": len(real_probs),
+                                                    "fpr": pytest.approx(np.mean(real_probs >= 0.45))}}
+    unseen = [f for f in ALL_FAMILIES if f != TRAIN_FAMILY]
+    assert bench["unseen_families"] == unseen
+    assert bench["unseen"]["ap"] == pytest.approx(np.mean([report["generators"][f]["ap"] for f in unseen]))
+    assert set(bench["mechanisms"]) == {m.value for m in Mechanism}
+    gans = bench["mechanisms"]["gan"]["families"]
+    others = [f for f in unseen if f not in gans]
+    assert bench["leave_one_mechanism_out"]["gan"] == pytest.approx(
+        np.mean([report["generators"][f]["ap"] for f in others]))
+    assert "## Benchmark summary" in (out / METRICS_MD).read_text()
 
 
 def test_cli_errors(tmp_path: Path) -> None:
@@ -281,3 +298,29 @@ def test_cli_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
               "--masks", "two"])
+
+
+def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -> None:
+    """``training.calibrate`` ships the same weights with K masks and a threshold that keeps its promise on the
+    validation reals when scored with those K masks."""
+    from torch.utils.data import Subset
+
+    from training.calibrate import main as calibrate_main
+    from training.data import RealFakeDataset
+
+    source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
+    out = tmp_path / "k2"
+    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--split", "validation",
+                           "--masks", "2", "--out", str(out), "--batch-size", "32"]) == 0
+    shipped = load_detector(out)
+    assert shipped.metadata.fft_stage.masks == 2 and shipped.metadata.threshold.target_fpr == 0.05
+    original = load_detector(source)
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, shipped.state_dict()[key]), key
+    val = RealFakeDataset(small_dataset, "validation", SIZE)
+    reals = [i for i, s in enumerate(val.samples) if s.label == 0]
+    probs = predict(shipped, Subset(val, reals), 32, torch.device("cpu")).probs
+    assert np.mean(probs >= shipped.metadata.threshold.value) <= 0.05
+    assert shipped.metadata.metrics["calibration"]["test_time_masks"] == 2
+    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--masks", "-1",
+                           "--out", str(tmp_path / "bad")]) == 2

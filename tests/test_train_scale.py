@@ -15,7 +15,7 @@ import torch
 
 from core.metadata import DetectorMetadata
 from training.checkpoint import load_detector
-from training.offline_data import BuildConfig, Preset, build_dataset
+from training.benchmark import BuildConfig, Profile, build_dataset
 from training.train import (
     BEST_FILE,
     CHECKPOINT_DIR,
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Training pieces: frequency masks, threshold calibration, datasets and transforms, and a real short training run.
 
 The dataset is the builder's small build (real photos, a real autoencoder generator), made once per session in
-the same directory as in test_offline_data (the builder's cache makes the second request free).
+the same directory as in test_benchmark (the builder's cache makes the second request free).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from training.calibration import false_positive_rate, threshold_at_fpr
 from training.checkpoint import load_detector
 from training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
 from training.masking import MaskKind, MaskSpec, frequency_masks
-from training.offline_data import BuildConfig, Preset, build_dataset
+from training.benchmark import BuildConfig, Profile, build_dataset
+from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
 from training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
 
 # Measured on 2 CPU cores, dataset seed 0, training seeds 0/1/2, 12 epochs: val acc 0.95 / 0.92 / 0.94 and
@@ -33,7 +34,7 @@ TRAIN_EPOCHS = 12
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Preset.SMALL, out=tmp_path_factory.getbasetemp() / "offline_small"))
+    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 # ---------------------------------------------------------------------------------------------------- masks
@@ -127,12 +128,12 @@ def test_threshold_tie_rule_and_edges() -> None:
 def test_dataset_wang_layout_items(small_dataset: Path) -> None:
     train_set = RealFakeDataset(small_dataset, "training", image_size=64, train=True, seed=3)
     assert len(train_set) == 192
-    assert train_set.generators == ["ae_transposed"]
+    assert train_set.generators == [TRAIN_FAMILY]
     assert sorted(np.bincount(train_set.labels).tolist()) == [96, 96]
     image, label, generator = train_set[100]
     assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
     assert label.dtype == torch.float32 and float(label) in (0.0, 1.0)
-    assert generator == "ae_transposed"
+    assert generator == TRAIN_FAMILY
     # Augmentation is a function of (seed, epoch, index).
     assert torch.equal(train_set[7][0], train_set[7][0])
     val_set = RealFakeDataset(small_dataset, "validation", image_size=48, train=False)
@@ -143,9 +144,9 @@ def test_dataset_wang_layout_items(small_dataset: Path) -> None:
 def test_dataset_ojha_layout_and_generator_filter(small_dataset: Path) -> None:
     test_root = small_dataset / "testing"  # <generator>/{0_real,1_fake}: the Ojha layout
     everything = RealFakeDataset(test_root, image_size=64)
-    assert everything.generators == ["ae_nearest", "ae_transposed"]
-    nearest = scan_samples(test_root, generators=("ae_nearest",))
-    assert {s.generator for s in nearest} == {"ae_nearest"} and len(nearest) == 64
+    assert everything.generators == sorted(ALL_FAMILIES)
+    vae = scan_samples(test_root, generators=("vae",))
+    assert {s.generator for s in vae} == {"vae"} and len(vae) == 64
     with pytest.raises(FileNotFoundError, match="no split"):
         RealFakeDataset(small_dataset, "nope")
 

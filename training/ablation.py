@@ -7,7 +7,7 @@ in ``OUT/runs/<config>/seed<k>``: rerunning the command only does what is missin
 
 Example::
 
-    python -m training.ablation --data artifacts/data/offline --out artifacts/ablation --seeds 0,1,2
+    python -m training.ablation --data artifacts/data/benchmark --out artifacts/ablation --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -229,13 +229,13 @@ def run(cfg: AblationConfig) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="benchmark built by training.offline_data")
+    p.add_argument("--data", type=Path, required=True, help="benchmark built by training.benchmark")
     p.add_argument("--out", type=Path, required=True, help="folder for runs and the report")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--configs", default="all",
                    help="comma-separated config names (see CONFIGS) or 'all'; e.g. 'none,frequency all 15%%'")
     p.add_argument("--test-time-masks", default="0,1,2,4", help="K values swept for the reference config")
-    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 6",
+    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 5",
                    help="flags passed to every training run")
     return p
 

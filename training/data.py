@@ -27,6 +27,7 @@ import io
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 REAL_DIR = "0_real"
 FAKE_DIR = "1_fake"
+
+
+class Split(str, Enum):
+    """The three splits of the Wang et al. layout, named as their folders."""
+
+    TRAINING = "training"
+    VALIDATION = "validation"
+    TESTING = "testing"
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 

@@ -65,6 +65,8 @@ from core.preprocess import center_crop_or_pad, decode_image
 from core.scoring import sigmoid
 from training import metrics as M
 from training.checkpoint import load_detector
+from training.benchmark.summary import benchmark_summary, load_manifest
+from training.benchmark.summary import markdown as benchmark_markdown
 from training.data import RealFakeDataset
 from training.model import Detector
 from training.train import resolve_device
@@ -79,7 +81,7 @@ PR_PNG = "pr_curves.png"
 ROC_PNG = "roc_curves.png"
 ROBUSTNESS_PNG = "robustness.png"
 
-JPEG_QUALITIES = (95, 90, 80, 70, 60, 50, 40, 30)
+JPEG_QUALITIES = (95, 90, 80, 75, 70, 60, 50, 40, 30)
 SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 BLUR_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 TIMING_REPEATS = 5
@@ -379,6 +381,8 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
     rows = [*report["generators"].items(), ("**mean**", report["mean"])]
     for name, m in rows:
         lines.append(f"| {name} | {m['n']} | " + " | ".join(_pct(m[k]) for k in keys) + " |")
+    if "benchmark" in report:
+        lines += benchmark_markdown(report["benchmark"])
     if "test_time_masking" in report:
         lines += ["", "## Test-time masking", "",
                   "| masks K | AP | AUC | acc@0.5 | acc@thr | ms / image | relative cost |",
@@ -510,6 +514,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                 mean["acc_calibrated"], mean["tpr_at_fpr_5"])
     write_scores(out / SCORES_CSV, pred)
 
+    manifest = load_manifest(config.data)
+    if manifest is not None:
+        report["benchmark"] = benchmark_summary(pred.probs, pred.labels, pred.paths, config.data, threshold,
+                                                summary["generators"], manifest)
     if config.masks:
         report["test_time_masking"] = masking_sweep(model, dataset, config.masks, config, threshold, device)
     if config.robustness:

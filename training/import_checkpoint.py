@@ -36,13 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 
 from core.metadata import DetectorMetadata, FFTStageConfig, Threshold
-from training.calibration import false_positive_rate, threshold_at_fpr
+from training.calibrate import calibrate
 from training.checkpoint import save_checkpoint
-from training.data import RealFakeDataset
-from training.evaluate import predict
 from training.model import Backbone, Detector
 from training.train import resolve_device
 
@@ -155,21 +152,6 @@ def build_detector(state: Mapping[str, torch.Tensor], metadata: DetectorMetadata
     return model.eval()
 
 
-def calibrate(model: Detector, real_dir: Path, target_fpr: float, batch_size: int,
-              device: torch.device) -> tuple[Threshold, dict[str, Any]]:
-    """Threshold at ``target_fpr`` on the real images under ``real_dir``; returns it and a short report."""
-    dataset = RealFakeDataset(real_dir, image_size=model.metadata.input_size, train=False)
-    reals = [i for i, s in enumerate(dataset.samples) if s.label == 0]
-    if not reals:
-        raise FileNotFoundError(f"no real images (0_real folders) under {real_dir}")
-    probs = predict(model.to(device), Subset(dataset, reals), batch_size, device, desc="calibrate").probs
-    value = threshold_at_fpr(probs, target_fpr)
-    report = {"calibrated_on": str(real_dir), "n_real": len(reals), "fpr": false_positive_rate(probs, value)}
-    logger.info("threshold %.6g at target FPR %.3f on %d real images (achieved %.4f)", value, target_fpr,
-                len(reals), report["fpr"])
-    return Threshold(value=value, method=CALIBRATED_METHOD, target_fpr=target_fpr), report
-
-
 def import_checkpoint(config: ImportConfig) -> Path:
     """Import ``config.source`` into the checkpoint directory ``config.out``; returns it."""
     content = load_authors_file(config.source)
@@ -190,7 +172,8 @@ def import_checkpoint(config: ImportConfig) -> Path:
     metrics: dict[str, Any] = {}
     if config.calibrate_on is not None:
         threshold, metrics["calibration"] = calibrate(model, config.calibrate_on, config.target_fpr,
-                                                      config.batch_size, resolve_device(config.device))
+                                                      config.batch_size, resolve_device(config.device),
+                                                      method=CALIBRATED_METHOD)
         model.cpu()
         metadata = metadata.with_updates(threshold=threshold, metrics=metrics)
         model.metadata = metadata

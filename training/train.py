@@ -27,7 +27,7 @@ Outputs in ``OUT``: ``config.json`` (resolved configuration), ``metrics.jsonl`` 
 
 Example::
 
-    python -m training.offline_data --out data/offline --small
+    python -m training.benchmark --out data/offline --small
     python -m training.train --data data/offline --out runs/small --backbone efficientnet_lite0 --pretrained \\
         --image-size 64 --epochs 6 --mask frequency --mask-ratio 0.15
     torchrun --nproc-per-node 2 -m training.train --data data/offline --out runs/ddp --image-size 64

@@ -1,0 +1,80 @@
+"""The committed default detector: it loads, scores images, and the figures its model card and the README show are
+those of its committed evaluation (``detectors/default/evaluation/metrics.json``), so a stale table fails."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.preprocess import center_crop_or_pad
+from tests.conftest import photo_like
+from training.benchmark.families import FAMILIES, TRAIN_FAMILY
+from training.checkpoint import load_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "detectors" / "default"
+METRICS = json.loads((DEFAULT / "evaluation" / "metrics.json").read_text())
+
+
+def test_loads_and_scores_with_its_own_contract() -> None:
+    model = load_detector(DEFAULT)
+    meta = model.metadata
+    assert meta.input_size[0] >= 128 and (DEFAULT / "model.safetensors").stat().st_size <= 30 * 2**20
+    assert meta.threshold.method == "fpr_on_validation_real" and 0.0 < meta.threshold.value < 1.0
+    assert METRICS["threshold"] == pytest.approx(meta.threshold.value)
+    assert METRICS["test_time_masks"] == meta.fft_stage.masks
+    images = np.stack([center_crop_or_pad(photo_like(200, 180, seed), meta.input_size) for seed in range(3)])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+
+
+def _table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
+    """Markdown table rows keyed by their first cell, for the table whose header starts with ``first_cell``."""
+    rows: dict[str, list[str]] = {}
+    inside = False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            inside = True
+            continue
+        if inside and line.startswith("|"):
+            if not set(cells[0]) <= set("-: "):
+                rows[cells[0].replace("*", "")] = cells[1:]
+        elif inside:
+            break
+    return rows
+
+
+@pytest.mark.parametrize("document", ["detectors/README.md", "README.md"])
+def test_documented_table_is_the_committed_evaluation(document: str) -> None:
+    """Per family: AP, acc at the threshold, TPR at 1 % and 5 % FPR (percent, 1 decimal) as in metrics.json."""
+    rows = _table_rows((ROOT / document).read_text(), "testing family")
+    assert set(FAMILIES) <= set(rows), sorted(rows)
+    for family in FAMILIES:
+        m = METRICS["generators"][family]
+        cells = rows[family]
+        numbers = [float(x) for x in cells[-4:]]
+        assert numbers == pytest.approx([round(100 * m[k], 1) for k in ("ap", "acc_calibrated", "tpr_at_fpr_1",
+                                                                         "tpr_at_fpr_5")], abs=0.051), family
+        assert ("yes" in cells[0]) == (family == TRAIN_FAMILY)
+
+
+def test_documented_false_positive_rates_per_real_source() -> None:
+    rows = _table_rows((ROOT / "detectors" / "README.md").read_text(), "testing real source")
+    sources = METRICS["benchmark"]["real_sources"]
+    assert set(rows) == set(sources)
+    for source, row in rows.items():
+        assert int(row[0]) == sources[source]["n"]
+        assert float(row[1]) == pytest.approx(round(100 * sources[source]["fpr"], 1), abs=0.051)
+
+
+def test_model_card_states_what_it_must() -> None:
+    card = (ROOT / "detectors" / "README.md").read_text()
+    for heading in ("Intended use", "Out of scope", "Training data", "Evaluation", "Calibration", "Limitations"):
+        assert re.search(rf"^## {heading}", card, re.MULTILINE), heading

@@ -1,0 +1,8 @@
+"""``python -m training.benchmark``: see ``training.benchmark.cli``."""
+
+import sys
+
+from training.benchmark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
