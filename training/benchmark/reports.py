@@ -137,15 +137,6 @@ def spectrum_summary(real_db: np.ndarray, fake_db: np.ndarray) -> dict[str, Any]
             "fake_minus_real_db_by_band": bands}
 
 
-def load_split_family(out: Path, split: str, family: str, label_dir: str) -> np.ndarray:
-    """Every image of one folder as NHWC uint8."""
-    images = []
-    for path in _images(out / split / family / label_dir):
-        with Image.open(path) as img:
-            images.append(np.asarray(img.convert("RGB")))
-    return np.stack(images)
-
-
 def plot_spectra(path: Path, diffs: dict[str, np.ndarray], summaries: dict[str, dict[str, Any]]) -> None:
     """Per family, the mean centred log-spectrum of the fakes minus that of the reals (dB), in a grid."""
     import matplotlib
