@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             pa_url = server.grpc_url if server is not None else url
             try:
                 extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, payloads,
-                                                           list(cfg.concurrency))
+                                                           list(cfg.concurrency), cfg.policy)
             except (RuntimeError, FileNotFoundError) as exc:
                 extra["perf_analyzer_error"] = str(exc)
                 print(f"perf_analyzer: {exc}", file=sys.stderr)

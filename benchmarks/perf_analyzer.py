@@ -25,6 +25,8 @@ import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from benchmarks.loadgen import WindowPolicy
+
 logger = logging.getLogger(__name__)
 
 WHEEL = "tritonclient==2.51.0"
@@ -80,9 +82,13 @@ def input_data(payloads: list[bytes], path: Path) -> Path:
 
 
 def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency: list[int],
-        measurement_ms: int = 3000, home: Path = HOME) -> list[dict]:
+        policy: WindowPolicy = WindowPolicy(), home: Path = HOME) -> list[dict]:
     """Closed-loop concurrency levels with perf_analyzer; one dict per level (throughput, latency in ms, or
-    ``error`` when it could not measure that level, e.g. no stable windows)."""
+    ``error`` when it could not measure that level, e.g. no stable windows).
+
+    perf_analyzer measures under the harness's own ``policy``: the same window length and stability, and at
+    least as many windows, so the two tools accept or refuse a noisy level on the same terms.
+    """
     binary = home / "bin" / "perf_analyzer"
     if not binary.is_file():
         raise FileNotFoundError(f"{binary} missing: run 'python -m benchmarks.perf_analyzer install'")
@@ -93,8 +99,9 @@ def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency:
             report = Path(tmp) / f"c{level}.csv"
             cmd = [str(binary), "-m", model, "-u", url, "-i", protocol, "-b", "1",
                    f"--concurrency-range={level}:{level}", f"--input-data={data}", "--shape=IMAGE_BYTES:1",
-                   f"--measurement-interval={measurement_ms}", "--stability-percentage=10",
-                   "--max-trials=10", "-f", str(report)]
+                   f"--measurement-interval={round(policy.window_s * 1000)}",
+                   f"--stability-percentage={policy.stability * 100:g}",
+                   f"--max-trials={max(10, policy.max_windows)}", "-f", str(report)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_environment(home), timeout=600)
             if proc.returncode != 0 or not report.is_file():
                 lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
