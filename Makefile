@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	# not needed to run the generator, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps gan-face-generate==1.1.1
 	$(PY) -m benchmarks.perf_analyzer install
+	$(PY) -m core.jpeg install
 	$(PY) -m deploy.cluster --install-nginx || echo "no nginx: 'make cluster' and tests/test_cluster.py need it (apt-get install -y nginx)"
 	@touch $(STAMP)
 

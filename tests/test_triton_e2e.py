@@ -61,6 +61,25 @@ def test_triton_matches_pytorch_on_mixed_batch(triton_server, checkpoint, mixed_
     assert spread > 1e-3, "the images should not all score alike, or the comparison proves little"
 
 
+def test_served_preprocess_reads_jpeg_regions(triton_server, checkpoint):
+    """The server's python backend finds libturbojpeg (set up by the project) and a photo-sized JPEG scores as the
+    in-process full decode does."""
+    from core.preprocess import center_crop_or_pad, decode_image
+
+    ready = [line for line in triton_server.log_path.read_text(errors="replace").splitlines()
+             if "preprocess ready" in line]
+    assert ready and all("centre regions read with" in line for line in ready), ready
+    photo = encode(photo_like(1536, 2048, seed=11), "JPEG", quality=85)
+    prob = float(_infer(triton_server.grpc_url, photo).as_numpy("PROB_FAKE")[0, 0])
+    from training.checkpoint import load_detector
+
+    model = load_detector(checkpoint)
+    whole = center_crop_or_pad(decode_image(photo), model.metadata.input_size).transpose(2, 0, 1)
+    with torch.no_grad():
+        expected = float(sigmoid(model(torch.from_numpy(whole[None].copy())).numpy())[0])
+    assert abs(prob - expected) <= 1e-3, (prob, expected)
+
+
 def test_bad_images_fail_alone(triton_server, mixed_images):
     import tritonclient.grpc as grpcclient
 

@@ -235,7 +235,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="all",
                    help="comma-separated config names (see CONFIGS) or 'all'; e.g. 'none,frequency all 15%%'")
     p.add_argument("--test-time-masks", default="0,1,2,4", help="K values swept for the reference config")
-    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 5",
+    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 10",
                    help="flags passed to every training run")
     return p
 

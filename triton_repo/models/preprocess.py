@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from core.jpeg import region_reader
 from core.metadata import DetectorMetadata
 from core.preprocess import DecodeLimits, ImageDecodeError, preprocess_image
 
@@ -65,7 +66,10 @@ class TritonPythonModel:
         # the server log with them. The failures that matter reach the client as INVALID_ARG instead.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}")
+        reader = region_reader()
+        jpeg = f"centre regions read with {reader.path}" if reader is not None else "decoded whole (no libturbojpeg)"
+        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}, "
+                             f"JPEGs {jpeg}")
 
     def _decode(self, request):
         payload = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES").as_numpy().reshape(-1)
