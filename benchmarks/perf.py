@@ -15,7 +15,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import subprocess
@@ -50,24 +49,51 @@ from benchmarks.loadgen import (  # noqa: E402
     latency_summary_ms,
     open_loop,
 )
+from benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
 from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
 from core.metadata import DetectorMetadata  # noqa: E402
 from deploy.spread import replica_statistics, summed_statistics  # noqa: E402
 
 logger = logging.getLogger("perf")
 ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = Path("artifacts") / "perf"  # results, relative to the working directory (never the installed package)
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must all be > 0, got {text!r}")
+    return values
 
 
 def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+    return _numbers(text, int, "levels")
+
+
+def _floats(text: str) -> list[float]:
+    return _numbers(text, float, "rates")
+
+
+def _positive(text: str) -> int:
+    (value,) = _numbers(text, int, "value") or [0]
+    return value
+
+
+def _url(text: str) -> str:
+    """host:port, as tritonclient takes it; a scheme or a path is refused rather than sent wrong."""
+    if "://" in text or "/" in text:
+        raise argparse.ArgumentTypeError(f"give host:port without a scheme or path, e.g. 127.0.0.1:8001; got {text!r}")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"give host:port, e.g. 127.0.0.1:8001; got {text!r}")
+    return text
 
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,7 @@ class PerfConfig:
     batch_size: int
     policy: WindowPolicy
     input_dir: Path | None
+    payload_profile: PayloadProfile
     payload: str
     image_size: int
     num_images: int
@@ -99,36 +126,41 @@ class PerfConfig:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--url", default=None, help="host:port of a running server (default: start a local one)")
+    p.add_argument("--url", type=_url, default=None,
+                   help="host:port of a running server (default: start a local one)")
     p.add_argument("--replica-urls", default="",
                    help="gRPC host:port of each replica behind --url (a load balancer), comma-separated: server-side "
                         "statistics are summed over them and the calls each answered are printed")
     p.add_argument("--model", default=MODEL, help="model to call")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
-    p.add_argument("--concurrency", default="1,2,4", help="closed-loop levels, comma-separated")
-    p.add_argument("--request-rate", default="", help="open-loop request rates per second (replaces --concurrency)")
+    p.add_argument("--concurrency", type=_ints, default="1,2,4", help="closed-loop levels, comma-separated")
+    p.add_argument("--request-rate", type=_floats, default="",
+                   help="open-loop request rates per second (replaces --concurrency)")
     p.add_argument("--arrivals", default="poisson", choices=[a.value for a in Arrivals], help="open-loop arrivals")
-    p.add_argument("--batch-size", type=int, default=1, help="images per request")
+    p.add_argument("--batch-size", type=_positive, default=1, help="images per request")
     p.add_argument("--duration", type=float, default=12.0, help="most seconds measured per level")
     p.add_argument("--window", type=float, default=1.5, help="seconds per measurement window")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per level, not counted")
     p.add_argument("--stability", type=float, default=0.10, help="windows agree within this fraction")
-    p.add_argument("--input-dir", type=Path, default=None, help="real images to send (default: generated)")
-    p.add_argument("--payload", default="jpeg", choices=["jpeg", "png"], help="encoding of generated images")
-    p.add_argument("--image-size", type=int, default=256, help="side of generated images")
-    p.add_argument("--num-images", type=int, default=32, help="distinct images to cycle through")
+    p.add_argument("--input-dir", type=Path, default=None, help="real images to send (replaces --payload-profile)")
+    p.add_argument("--payload-profile", default=PayloadProfile.PHOTOS.value, choices=[x.value for x in PayloadProfile],
+                   help="generated images: sizes and formats of benchmarks/payloads.py")
+    p.add_argument("--payload", default="jpeg", choices=["jpeg", "png"], help="encoding of the square profile")
+    p.add_argument("--image-size", type=_positive, default=256, help="side of the square profile's images")
+    p.add_argument("--num-images", type=_positive, default=32, help="distinct images to cycle through")
     p.add_argument("--shared-memory", default="none", choices=[s.value for s in SharedMemory],
                    help="send inputs through system shared memory (local server only; cuda: GPU only)")
     p.add_argument("--compare", action="store_true",
                    help="also PyTorch eager and ONNX Runtime in-process, Triton over gRPC and HTTP, FFT stage cost")
-    p.add_argument("--compare-batches", default="1,8,32", help="batch sizes tried for in-process backends")
+    p.add_argument("--compare-batches", type=_ints, default="1,8,32", help="batch sizes tried for in-process backends")
     p.add_argument("--perf-analyzer", action="store_true", help="cross-check with NVIDIA perf_analyzer")
-    p.add_argument("--repository", type=Path, default=ROOT / "artifacts" / "repository" / "cpu",
-                   help="CPU model repository to serve (built if missing)")
+    p.add_argument("--repository", type=Path, default=Path("artifacts") / "repository" / "cpu",
+                   help="CPU model repository to serve (built if missing), relative to the working directory")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the in-process backends")
-    p.add_argument("--json", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.json")
-    p.add_argument("--csv", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.csv")
-    p.add_argument("--plot", type=_optional_path, default=ROOT / "artifacts" / "perf" / "perf.png",
+    p.add_argument("--json", type=_optional_path, default=OUT_DIR / "perf.json",
+                   help="report, relative to the working directory ('': none)")
+    p.add_argument("--csv", type=_optional_path, default=OUT_DIR / "perf.csv", help="one row per run ('': none)")
+    p.add_argument("--plot", type=_optional_path, default=OUT_DIR / "perf.png",
                    help="PNG of throughput against p99 latency ('': none)")
     return p
 
@@ -138,40 +170,47 @@ def config_from_args(args: argparse.Namespace) -> PerfConfig:
     return PerfConfig(
         url=args.url, replica_urls=tuple(u.strip() for u in args.replica_urls.split(",") if u.strip()),
         model=args.model, protocol=Protocol(args.protocol),
-        concurrency=tuple(_ints(args.concurrency)), request_rate=tuple(_floats(args.request_rate)),
+        concurrency=tuple(args.concurrency), request_rate=tuple(args.request_rate),
         arrivals=Arrivals(args.arrivals), batch_size=args.batch_size,
         policy=WindowPolicy(window_s=args.window, warmup_s=args.warmup, stability=args.stability,
                             max_windows=windows),
-        input_dir=args.input_dir, payload=args.payload, image_size=args.image_size, num_images=args.num_images,
+        input_dir=args.input_dir, payload_profile=PayloadProfile(args.payload_profile), payload=args.payload, image_size=args.image_size, num_images=args.num_images,
         shared_memory=SharedMemory(args.shared_memory), compare=args.compare,
-        compare_batches=tuple(_ints(args.compare_batches)), perf_analyzer=args.perf_analyzer,
+        compare_batches=tuple(args.compare_batches), perf_analyzer=args.perf_analyzer,
         repository=args.repository, checkpoint=args.checkpoint, json=args.json, csv=args.csv, plot=args.plot,
     )
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def generated_payloads(n: int, size: int, fmt: str, seed: int = 0) -> list[bytes]:
-    """Photo-like images (smooth structure, edges, noise) encoded as JPEG (quality 90) or PNG."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    out = []
-    for _ in range(n):
-        base = 120 + 80 * np.sin(xx / rng.uniform(4, 40)) * np.cos(yy / rng.uniform(4, 40))
-        rgb = np.stack([base + rng.uniform(-40, 40) for _ in range(3)], -1) + rng.normal(0, 6, (size, size, 3))
-        buf = io.BytesIO()
-        image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-        image.save(buf, "JPEG", quality=90) if fmt == "jpeg" else image.save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
+def load_payloads(cfg: PerfConfig) -> list[Payload]:
+    """The images to send: the files under ``--input-dir``, or ``--num-images`` of the payload profile."""
+    if cfg.input_dir is not None:
+        return from_directory(cfg.input_dir, cfg.num_images)
+    return generate(cfg.payload_profile, cfg.num_images, size=cfg.image_size, fmt=cfg.payload)
 
 
-def directory_payloads(folder: Path, limit: int) -> list[bytes]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-    if not files:
-        raise SystemExit(f"error: no images under {folder}")
-    return [p.read_bytes() for p in files[:limit]]
+def check_ready(url: str, protocol: Protocol, model: str) -> None:
+    """Fails in one line when the server cannot be reached or does not serve ``model`` ready."""
+    if protocol is Protocol.GRPC:
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+    try:
+        client = module.InferenceServerClient(url)
+        live = client.is_server_live()
+    except Exception as exc:  # noqa: BLE001 - any transport failure means the same to the user
+        raise SystemExit(f"error: no Triton server at {url} ({protocol.value}): {str(exc).splitlines()[0]}") from None
+    if not live:
+        raise SystemExit(f"error: the server at {url} is not live")
+    try:
+        ready = client.is_model_ready(model)
+        index = client.get_model_repository_index()
+    except Exception as exc:  # noqa: BLE001
+        raise SystemExit(f"error: the server at {url} did not answer for model {model!r}: {exc}") from None
+    if not ready:
+        names = sorted({(m["name"] if isinstance(m, dict) else m.name) for m in
+                        (index if isinstance(index, list) else index.models)})
+        raise SystemExit(f"error: model {model!r} is not ready at {url}; it serves: {', '.join(names) or 'none'}")
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
@@ -327,9 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
-    payloads = (directory_payloads(cfg.input_dir, cfg.num_images) if cfg.input_dir
-                else generated_payloads(cfg.num_images, cfg.image_size, cfg.payload))
-    print(f"{len(payloads)} images, {sum(map(len, payloads)) / len(payloads) / 1024:.1f} KiB on average; "
+    try:
+        images = load_payloads(cfg)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    payload_description = {"profile": str(cfg.input_dir) if cfg.input_dir else cfg.payload_profile.value,
+                           **describe(images)}
+    sent = [p.data for p in images]
+    print(f"payloads ({payload_description['profile']}): {summary_line(payload_description)}; "
           f"windows of {cfg.policy.window_s:g} s, stable within {cfg.policy.stability:.0%} over "
           f"{cfg.policy.stable_windows} windows (at most {cfg.policy.max_windows})", flush=True)
 
@@ -341,28 +385,30 @@ def main(argv: list[str] | None = None) -> int:
         server = TritonServer(ServerConfig(model_repository=ensure_repository(cfg)))
         server.start()
         url = server.grpc_url if cfg.protocol is Protocol.GRPC else server.http_url
+    else:
+        check_ready(url, cfg.protocol, cfg.model)
     runs: list[RunRecord] = []
-    extra: dict = {}
+    extra: dict = {"payloads": payload_description}
     try:
         print(format_table([]).splitlines()[0], flush=True)
-        runs += measure_triton(cfg, url, cfg.protocol, payloads)
+        runs += measure_triton(cfg, url, cfg.protocol, sent)
         if cfg.compare:
             if server is not None:
                 other = Protocol.HTTP if cfg.protocol is Protocol.GRPC else Protocol.GRPC
                 other_url = server.http_url if other is Protocol.HTTP else server.grpc_url
-                runs += measure_triton(replace(cfg, shared_memory=SharedMemory.NONE), other_url, other, payloads)
+                runs += measure_triton(replace(cfg, shared_memory=SharedMemory.NONE), other_url, other, sent)
             checkpoint = cfg.checkpoint or default_checkpoint()
             metadata = DetectorMetadata.load(checkpoint)
             onnx_path = ensure_repository(cfg) / "detector" / "1" / "model.onnx"
-            runs += measure_inprocess(cfg, Backend.PYTORCH, pytorch_runner(checkpoint), metadata, payloads)
-            runs += measure_inprocess(cfg, Backend.ONNXRUNTIME, onnxruntime_runner(onnx_path), metadata, payloads)
+            runs += measure_inprocess(cfg, Backend.PYTORCH, pytorch_runner(checkpoint), metadata, sent)
+            runs += measure_inprocess(cfg, Backend.ONNXRUNTIME, onnxruntime_runner(onnx_path), metadata, sent)
             extra["fft_stage"] = fft_stage_costs(metadata)
         if cfg.perf_analyzer:
             from benchmarks import perf_analyzer
 
             pa_url = server.grpc_url if server is not None else url
             try:
-                extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, payloads,
+                extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, sent,
                                                            list(cfg.concurrency), cfg.policy)
             except (RuntimeError, FileNotFoundError) as exc:
                 extra["perf_analyzer_error"] = str(exc)
@@ -413,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.csv:
         write_csv(cfg.csv, runs)
     if cfg.plot and runs:
-        write_plot(cfg.plot, runs, f"{cfg.model}, local server, {os.cpu_count()} CPU cores, {len(payloads)} images" if not cfg.url
-                   else f"{cfg.model} at {cfg.url}")
+        where = f"at {cfg.url}" if cfg.url else f"local server, {os.cpu_count()} CPU cores"
+        write_plot(cfg.plot, runs, f"{cfg.model} {where}, payloads {payload_description['profile']}")
     written = [str(p) for p in (cfg.json, cfg.csv, cfg.plot) if p]
     if written:
         print("\nwrote " + ", ".join(written))

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from core.jpeg import region_reader
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with preview images after the first; the first is the photo
 
 
 class ImageDecodeError(ValueError):
@@ -32,11 +33,16 @@ class DecodeLimits:
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    # Huffman coding spends at least one bit on every 8x8 block, so a JPEG holds at most 512 pixels per byte; a
+    # header that claims more lies about its size (the data is missing), and decoding it would cost a full
+    # allocation and decode of pixels that were never sent.
+    max_jpeg_pixels_per_byte: int = 512
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(str(f).strip().upper() for f in self.formats))
-        if self.max_bytes < 1 or self.max_pixels < 1:
-            raise ValueError(f"max_bytes and max_pixels must be >= 1, got {self.max_bytes} and {self.max_pixels}")
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.max_jpeg_pixels_per_byte < 1:
+            raise ValueError(f"max_bytes, max_pixels and max_jpeg_pixels_per_byte must be >= 1, got "
+                             f"{self.max_bytes}, {self.max_pixels} and {self.max_jpeg_pixels_per_byte}")
         Image.init()
         unknown = [f for f in self.formats if f not in Image.ID]
         if not self.formats or unknown:
@@ -144,6 +150,10 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
         raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels")
+    if img.format in _JPEG_FORMATS and width * height > limits.max_jpeg_pixels_per_byte * len(data):
+        raise ImageDecodeError(
+            f"JPEG header claims {width}x{height} pixels but only {len(data)} bytes were sent (more than "
+            f"{limits.max_jpeg_pixels_per_byte} pixels per byte): truncated or lying header")
     return img
 
 
@@ -201,13 +211,14 @@ def center_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int,
     return left, top, left + min(width, crop_w), top + min(height, crop_h)
 
 
-_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with preview images after the first; the first is the photo
-REGION_MAX_SHARE = 0.5  # a region decode pays off only when it skips most of the image
-
-
 def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
     """The upright centre window of a JPEG, decoding only the MCUs around it; None where a region read cannot be
-    made (no libturbojpeg, a stream it rejects, a window that is most of the image)."""
+    made (no libturbojpeg, a stream it only warns about, a layout it does not take): the caller decodes whole.
+
+    Raises:
+        ImageDecodeError: the entropy-coded data ends before the image does (truncated, damaged mid-stream, or a
+            lying header): Pillow would fill the rest with grey and the detector would score it.
+    """
     reader = region_reader()
     if reader is None:
         return None
@@ -215,11 +226,11 @@ def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.nda
     width, height = img.size
     upright = (height, width) if transpose in _SWAPS_AXES else (width, height)
     left, top, right, bottom = _source_box(center_box(upright, size), transpose, width, height)
-    if (right - left) * (bottom - top) > REGION_MAX_SHARE * width * height:
-        return None
     try:
         (region,) = reader.read(data, [(left, top, right, bottom)])
-    except OSError:
+    except OSError as exc:
+        if "premature end" in str(exc).lower():
+            raise ImageDecodeError(f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})") from None
         return None
     with Image.open(io.BytesIO(region.jpeg), formats=["JPEG"]) as part:
         part.load()

@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from benchmarks.perf import generated_payloads
+    from benchmarks.payloads import square
 
-    payloads = generated_payloads(32, args.image_size, "jpeg")
+    payloads = [p.data for p in square(32, args.image_size, "jpeg")]
     policy = WindowPolicy(window_s=args.window, warmup_s=1.0, max_windows=args.max_windows)
     levels = [int(v) for v in args.concurrency.split(",") if v.strip()]
     report: dict = {"machine": f"{os.cpu_count()} CPU cores"}

@@ -111,7 +111,8 @@ def test_perf_runs_unchanged_through_the_balancer(cluster: Cluster, tmp_path: Pa
     out = tmp_path / "perf.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--url", cluster.grpc_url, "--concurrency", "2",
-         "--window", "1", "--warmup", "0.5", "--duration", "3", "--num-images", "8", "--image-size", "128",
+         "--window", "1", "--warmup", "0.5", "--duration", "3", "--num-images", "8", "--payload-profile", "square",
+         "--image-size", "128",
          "--json", str(out), "--csv", "", "--plot", ""],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

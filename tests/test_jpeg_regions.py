@@ -91,36 +91,54 @@ def test_mpo_camera_file_reads_its_first_image(region_reads: list[int]) -> None:
     assert region_reads == [1]
 
 
-def test_small_images_decode_whole(region_reads: list[int]) -> None:
-    """A window that is most of the image gains nothing from a region read: the whole image is decoded, padded."""
+def test_small_images_are_read_whole_and_padded(region_reads: list[int]) -> None:
     data = jpeg(photo_like(100, 150, seed=1), quality=90)
     got = decode_center_crop(data, (128, 128))
     np.testing.assert_array_equal(got, full_then_crop(data, (128, 128)))
-    assert region_reads == []
+    assert region_reads == [1]
 
 
-def test_truncated_and_corrupt_fail_as_before(region_reads: list[int]) -> None:
-    """libjpeg-turbo only warns on a damaged stream; the region read gives up and the full decode's error stands."""
+def _claiming(data: bytes, width: int, height: int) -> bytes:
+    """``data`` with the frame header (SOF0/SOF2) rewritten to claim ``width`` x ``height``."""
+    out = bytearray(data)
+    at = next(i for i in range(2, len(out) - 9) if out[i] == 0xFF and out[i + 1] in (0xC0, 0xC2))
+    out[at + 5 : at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(out)
+
+
+def test_truncated_jpegs_are_rejected_not_scored(region_reads: list[int]) -> None:
+    """Pillow fills what is missing with grey and would score it; the crop-first path rejects it with the reason."""
     data = jpeg(photo_like(800, 800, seed=6), quality=90)
-    truncated = data[: len(data) // 2]
-    corrupt = bytearray(data)
-    corrupt[len(data) // 2 : len(data) // 2 + 400] = bytes(400)
-    for bad in (truncated, bytes(corrupt)):
-        try:
-            expected: object = full_then_crop(bad, (128, 128))
-        except ImageDecodeError as exc:
-            expected = str(exc)
-        try:
-            got: object = decode_center_crop(bad, (128, 128))
-        except ImageDecodeError as exc:
-            got = str(exc)
-        if isinstance(expected, str):
-            assert got == expected
-        else:
-            np.testing.assert_array_equal(got, expected)
-    with pytest.raises(ImageDecodeError, match="truncated"):
-        decode_center_crop(truncated, (128, 128))
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # the decoder runs into EOI before the last MCU
+    for bad in (data[: len(data) // 2], data[:-200], bytes(damaged)):
+        with pytest.raises(ImageDecodeError, match="truncated or corrupt JPEG: the coded data ends before the image does"):
+            decode_center_crop(bad, (128, 128))
     assert region_reads == []
+
+
+def test_lying_headers_cost_no_decode(region_reads: list[int]) -> None:
+    """A few KB claiming 40 MP fail on the header (no allocation, no decode); a header that lies less fails when
+    the data runs out."""
+    small = jpeg(photo_like(120, 160, seed=9), quality=70)
+    huge = _claiming(small, 6000, 6600)
+    with pytest.raises(ImageDecodeError, match="only .* bytes were sent .*lying header"):
+        decode_center_crop(huge, (128, 128))
+    with pytest.raises(ImageDecodeError, match="lying header"):
+        decode_image(huge)
+    modest = _claiming(small, 160 * 4, 120 * 4)  # 16 times the pixels the data holds, under the bound
+    assert Image.open(io.BytesIO(modest)).size == (640, 480) and 640 * 480 <= 512 * len(modest)
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt JPEG"):
+        decode_center_crop(modest, (128, 128))
+    assert region_reads == []
+
+
+def test_benign_warnings_decode_as_before(region_reads: list[int]) -> None:
+    """A warning that loses no pixels (extraneous bytes before EOI, which some encoders write) keeps the full
+    decode's answer."""
+    data = jpeg(photo_like(800, 800, seed=6), quality=90)
+    padded = data[:-2] + b"\x00\x00" + data[-2:]
+    np.testing.assert_array_equal(decode_center_crop(padded, (128, 128)), full_then_crop(data, (128, 128)))
 
 
 def test_limits_checked_from_the_header_first(region_reads: list[int]) -> None:

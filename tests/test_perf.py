@@ -13,7 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["--window", "1", "--warmup", "0.5", "--duration", "4", "--num-images", "8", "--image-size", "128"]
+SHORT = ["--window", "1", "--warmup", "0.5", "--duration", "4", "--num-images", "8", "--payload-profile", "square",
+         "--image-size", "128"]
 
 
 def _perf(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,6 +44,52 @@ def test_closed_loop_outputs(triton_server, tmp_path):
     assert len(rows) == 2 and float(rows[0]["throughput_ips"]) == pytest.approx(runs[0]["throughput_ips"])
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "server-side, per request" in proc.stdout
+    assert report["payloads"]["profile"] == "square" and report["payloads"]["images"] == 8
+    assert report["payloads"]["megapixels_median"] == pytest.approx(128 * 128 / 1e6)
+
+
+def test_photo_profile_states_bytes_and_megapixels(triton_server, tmp_path):
+    """The default profile sends photo-sized JPEGs (some rotated); the report says what was sent."""
+    path = tmp_path / "photos.json"
+    proc = _perf("--url", triton_server.grpc_url, "--concurrency", "1", "--window", "1", "--warmup", "0.5",
+                 "--duration", "3", "--num-images", "8", "--json", str(path), "--csv", "", "--plot", "")
+    report = json.loads(path.read_text())
+    payloads = report["payloads"]
+    assert payloads["profile"] == "photos" and payloads["images"] == 8
+    assert payloads["megapixels_max"] > 2.0 and payloads["bytes_median"] > 100_000
+    assert "MB median" in proc.stdout and "MP median" in proc.stdout
+    (run,) = report["runs"]
+    assert run["errors"] == 0 and run["samples"] > 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--url", "http://127.0.0.1:8001"], "without a scheme"),
+    (["--concurrency", "a,b"], "comma-separated numbers"),
+    (["--concurrency", "0"], "must all be > 0"),
+    (["--request-rate", "-5"], "must all be > 0"),
+    (["--num-images", "0"], "must all be > 0"),
+])
+def test_bad_arguments_fail_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_unreachable_server_and_unknown_model_fail_before_measuring(triton_server):
+    from triton_repo.server import free_port
+
+    for args, message in ((["--url", f"127.0.0.1:{free_port()}"], "error: no Triton server at"),
+                          (["--url", triton_server.grpc_url, "--model", "nosuch"],
+                           "error: model 'nosuch' is not ready")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), *args, *SHORT, "--json", "",
+                               "--csv", "", "--plot", ""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), lines
+        assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout  # the payload line only: nothing measured
+    lines = proc.stderr.strip().splitlines()
+    assert "deepfake_detector" in lines[0]  # says what the server does serve
 
 
 def test_open_loop_holds_the_rate(triton_server, tmp_path):
@@ -99,7 +146,7 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
     def measure(levels: str, name: str) -> tuple[dict, dict]:
         path = tmp_path / name
         _perf("--url", triton_server.grpc_url, "--concurrency", levels, "--perf-analyzer", "--window", "2",
-              "--stability", "0.2", "--duration", "10", "--num-images", "8", "--image-size", "128",
+              "--stability", "0.2", "--duration", "10", "--num-images", "8", "--payload-profile", "square", "--image-size", "128",
               "--json", str(path), "--csv", "", "--plot", "", timeout=900)
         report = json.loads(path.read_text())
         return ({r["concurrency"]: r["throughput_ips"] for r in report["runs"]},

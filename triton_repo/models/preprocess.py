@@ -8,6 +8,7 @@ from the config's parameters (see ``triton_repo/README.md``):
 
 - ``max_bytes``: largest encoded image, bytes.
 - ``max_pixels``: largest width x height, checked on the header before any pixel is decoded.
+- ``max_jpeg_pixels_per_byte``: most pixels a JPEG header may claim per byte received (default 512).
 - ``formats``: comma-separated Pillow formats; no other decoder ever sees the bytes.
 - ``decode_threads``: decoding threads.
 """
@@ -48,6 +49,8 @@ def limits_from_parameters(params):
         return DecodeLimits(
             max_bytes=_positive_int(params, "max_bytes", defaults.max_bytes),
             max_pixels=_positive_int(params, "max_pixels", defaults.max_pixels),
+            max_jpeg_pixels_per_byte=_positive_int(params, "max_jpeg_pixels_per_byte",
+                                                   defaults.max_jpeg_pixels_per_byte),
             formats=formats,
         )
     except ValueError as exc:
