@@ -183,16 +183,28 @@ def test_truncated_and_lying_jpegs_are_rejected_not_scored(triton_server):
 
 @pytest.mark.triton
 def test_a_flood_of_lying_headers_leaves_good_requests_served(triton_server):
-    """Eight callers sending header-lying JPEGs as fast as they can for 4 s cost the server a header parse each;
-    a ninth caller's 1 MP photos are all scored, at a median latency under 0.5 s on the 2-core machine (before
-    the header check, such a flood took good requests to a median of 1.1 s)."""
+    """Eight callers sending header-lying JPEGs as fast as they can for 4 s cost the server a header parse each:
+    a ninth caller's 1 MP photos are all scored, at a median latency within 10x of its median on the same server
+    without the flood, measured just before (before the header check such a flood took good requests from 0.01 s
+    to a median of 1.1 s, over 100x)."""
     import threading
     import time
 
     lying = _claiming(encode(photo_like(120, 160, 3), "JPEG", quality=70), 6000, 6600)
     good = encode(photo_like(864, 1152, 5), "JPEG", quality=90)
+
+    def good_latencies(seconds: float) -> list[float]:
+        out = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            assert 0.0 <= prob(infer(triton_server.grpc_url, good, timeout_s=30)) <= 1.0
+            out.append(time.perf_counter() - start)
+        return out
+
+    quiet = good_latencies(2.0)
     stop = threading.Event()
-    rejected: list[int] = []
+    rejected: list[bool] = []
 
     def flood() -> None:
         while not stop.is_set():
@@ -202,18 +214,13 @@ def test_a_flood_of_lying_headers_leaves_good_requests_served(triton_server):
     threads = [threading.Thread(target=flood) for _ in range(8)]
     for t in threads:
         t.start()
-    latencies = []
     try:
-        deadline = time.monotonic() + 4.0
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            assert 0.0 <= prob(infer(triton_server.grpc_url, good, timeout_s=30)) <= 1.0
-            latencies.append(time.perf_counter() - start)
+        flooded = good_latencies(4.0)
     finally:
         stop.set()
         for t in threads:
             t.join()
-    print(f"\n{len(rejected)} lying requests rejected in 4 s; good requests: {len(latencies)}, median "
-          f"{np.median(latencies) * 1e3:.0f} ms, max {max(latencies) * 1e3:.0f} ms")
+    print(f"\n{len(rejected)} lying requests rejected in 4 s; good requests: median {np.median(quiet) * 1e3:.0f} ms "
+          f"alone, {np.median(flooded) * 1e3:.0f} ms under the flood (max {max(flooded) * 1e3:.0f} ms)")
     assert len(rejected) > 50 and all(rejected), (len(rejected), sum(rejected))
-    assert float(np.median(latencies)) < 0.5, latencies
+    assert float(np.median(flooded)) <= 10 * float(np.median(quiet)), (quiet, flooded)
