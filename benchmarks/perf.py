@@ -1,13 +1,16 @@
 """Latency and throughput of the detector: the Triton ensemble over gRPC/HTTP and, side by side, in-process runtimes.
 
-With no arguments it serves the default CPU repository on a local tritonserver (built if missing), sweeps
-concurrency 1, 2, 4 over gRPC and prints a table; results go to ``artifacts/perf/`` as JSON, CSV and a plot.
+With no arguments it serves the default CPU repository on a local tritonserver (built if missing), sends the
+``photos`` payload profile (photo-sized JPEGs, some rotated, some WebP/PNG: ``benchmarks/payloads.py``), sweeps
+concurrency 1, 2, 4 over gRPC and prints a table; every report states the bytes and megapixels sent. Results go to
+``artifacts/perf/`` under the working directory as JSON, CSV and a plot.
 
 Examples::
 
     python benchmarks/perf.py                                   # local server, short sweep
     python benchmarks/perf.py --compare                         # + PyTorch eager, ONNX Runtime, HTTP, FFT stage
     python benchmarks/perf.py --url 10.0.0.5:8001 --concurrency 1,8,32,64 --input-dir photos/
+    python benchmarks/perf.py --payload-profile square --image-size 256      # small synthetic squares
     python benchmarks/perf.py --request-rate 50,100,200 --arrivals poisson   # open loop
     python benchmarks/perf.py --perf-analyzer                   # cross-check with NVIDIA perf_analyzer
 """
