@@ -113,12 +113,13 @@ def median_row(rounds: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | best images/s (concurrency); per round | c1 images/s | c1 p50 / p99 ms | c1 preprocess queue / compute ms "
-             "| c1 detector queue / compute ms |", "| --- | ---: | ---: | --- | --- | --- |"]
+    lines = ["| variant | best images/s (concurrency); per round | c1 images/s | c1 p50 / p99 ms "
+             "| c1 preprocess queue / compute ms | c1 detector queue / compute ms |", "| --- | ---: | ---: | --- | --- | --- |"]
     for r in rows:
         pre, det = r["c1_stage_ms"]["preprocess"], r["c1_stage_ms"]["detector"]
         rounds = ", ".join(f"{v:.0f}" for v in r.get("best_ips_per_round", []))
-        lines.append(f"| {r['variant']} | {r['best_ips']:.1f} ({r['best_concurrency']}); {rounds} | {r['c1_ips']:.1f} | "
+        lines.append(f"| {r['variant']} | {r['best_ips']:.1f} ({r['best_concurrency']}); {rounds} "
+                     f"| {r['c1_ips']:.1f} | "
                      f"{r['c1_p50_ms']:.1f} / {r['c1_p99_ms']:.1f} | {pre['queue_us']:.1f} / "
                      f"{pre['compute_infer_us']:.1f} | {det['queue_us']:.1f} / {det['compute_infer_us']:.1f} |")
     return "\n".join(lines)

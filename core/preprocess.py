@@ -230,7 +230,8 @@ def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.nda
         (region,) = reader.read(data, [(left, top, right, bottom)])
     except OSError as exc:
         if "premature end" in str(exc).lower():
-            raise ImageDecodeError(f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})") from None
+            raise ImageDecodeError(
+                f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})") from None
         return None
     with Image.open(io.BytesIO(region.jpeg), formats=["JPEG"]) as part:
         part.load()

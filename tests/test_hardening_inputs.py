@@ -18,6 +18,7 @@ from tests.test_hardening_support import (
     ODD_EXIF,
     animation,
     infer,
+    jpeg_claiming,
     jpeg_with_exif,
     posterised,
     prob,
@@ -150,13 +151,6 @@ def test_bad_limit_in_the_config_fails_the_load_with_its_reason(cpu_repository, 
     assert not server.shm_files()
 
 
-def _claiming(data: bytes, width: int, height: int) -> bytes:
-    """A JPEG whose frame header is rewritten to claim ``width`` x ``height`` (the data stays as it was)."""
-    out = bytearray(data)
-    at = next(i for i in range(2, len(out) - 9) if out[i] == 0xFF and out[i + 1] in (0xC0, 0xC2))
-    out[at + 5 : at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return bytes(out)
-
 
 @pytest.mark.triton
 def test_truncated_and_lying_jpegs_are_rejected_not_scored(triton_server):
@@ -167,8 +161,8 @@ def test_truncated_and_lying_jpegs_are_rejected_not_scored(triton_server):
     small = encode(photo_like(120, 160, 3), "JPEG", quality=70)
     photo = encode(photo_like(900, 1200, 4), "JPEG", quality=90)
     bad = {
-        "lying": (_claiming(small, 6000, 6600), "lying header"),
-        "lying-less": (_claiming(small, 640, 480), "truncated or corrupt JPEG"),
+        "lying": (jpeg_claiming(small, 6000, 6600), "lying header"),
+        "lying-less": (jpeg_claiming(small, 640, 480), "truncated or corrupt JPEG"),
         "truncated": (photo[: len(photo) // 2], "truncated or corrupt JPEG"),
     }
     good = [encode(photo_like(300, 400, i), "JPEG", quality=85) for i in range(3)]
@@ -190,7 +184,7 @@ def test_a_flood_of_lying_headers_leaves_good_requests_served(triton_server):
     import threading
     import time
 
-    lying = _claiming(encode(photo_like(120, 160, 3), "JPEG", quality=70), 6000, 6600)
+    lying = jpeg_claiming(encode(photo_like(120, 160, 3), "JPEG", quality=70), 6000, 6600)
     good = encode(photo_like(864, 1152, 5), "JPEG", quality=90)
 
     def good_latencies(seconds: float) -> list[float]:

@@ -246,3 +246,11 @@ async def open_loop(url: str, payload: bytes, rate: float, seconds: float, timeo
     finally:
         await client.close()
     return {"answers": answers, "sent": count, "send_s": send_s, "drain_s": drain_s}
+
+
+def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
+    """``data`` with its frame header (SOF0/SOF2) rewritten to claim ``width`` x ``height``; the data is unchanged."""
+    out = bytearray(data)
+    at = next(i for i in range(2, len(out) - 9) if out[i] == 0xFF and out[i + 1] in (0xC0, 0xC2))
+    out[at + 5 : at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(out)

@@ -13,6 +13,7 @@ import core.preprocess as preprocess
 from core.jpeg import LIBRARY_DIR, RegionReader, region_reader
 from core.preprocess import DecodeLimits, ImageDecodeError, center_crop_or_pad, decode_center_crop, decode_image
 from tests.conftest import photo_like
+from tests.test_hardening_support import jpeg_claiming
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
@@ -98,13 +99,6 @@ def test_small_images_are_read_whole_and_padded(region_reads: list[int]) -> None
     assert region_reads == [1]
 
 
-def _claiming(data: bytes, width: int, height: int) -> bytes:
-    """``data`` with the frame header (SOF0/SOF2) rewritten to claim ``width`` x ``height``."""
-    out = bytearray(data)
-    at = next(i for i in range(2, len(out) - 9) if out[i] == 0xFF and out[i + 1] in (0xC0, 0xC2))
-    out[at + 5 : at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return bytes(out)
-
 
 def test_truncated_jpegs_are_rejected_not_scored(region_reads: list[int]) -> None:
     """Pillow fills what is missing with grey and would score it; the crop-first path rejects it with the reason."""
@@ -112,7 +106,7 @@ def test_truncated_jpegs_are_rejected_not_scored(region_reads: list[int]) -> Non
     damaged = bytearray(data)
     damaged[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # the decoder runs into EOI before the last MCU
     for bad in (data[: len(data) // 2], data[:-200], bytes(damaged)):
-        with pytest.raises(ImageDecodeError, match="truncated or corrupt JPEG: the coded data ends before the image does"):
+        with pytest.raises(ImageDecodeError, match="truncated or corrupt JPEG: the coded data ends before the image"):
             decode_center_crop(bad, (128, 128))
     assert region_reads == []
 
@@ -121,12 +115,12 @@ def test_lying_headers_cost_no_decode(region_reads: list[int]) -> None:
     """A few KB claiming 40 MP fail on the header (no allocation, no decode); a header that lies less fails when
     the data runs out."""
     small = jpeg(photo_like(120, 160, seed=9), quality=70)
-    huge = _claiming(small, 6000, 6600)
+    huge = jpeg_claiming(small, 6000, 6600)
     with pytest.raises(ImageDecodeError, match="only .* bytes were sent .*lying header"):
         decode_center_crop(huge, (128, 128))
     with pytest.raises(ImageDecodeError, match="lying header"):
         decode_image(huge)
-    modest = _claiming(small, 160 * 4, 120 * 4)  # 16 times the pixels the data holds, under the bound
+    modest = jpeg_claiming(small, 160 * 4, 120 * 4)  # 16 times the pixels the data holds, under the bound
     assert Image.open(io.BytesIO(modest)).size == (640, 480) and 640 * 480 <= 512 * len(modest)
     with pytest.raises(ImageDecodeError, match="truncated or corrupt JPEG"):
         decode_center_crop(modest, (128, 128))
