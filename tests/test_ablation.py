@@ -43,10 +43,12 @@ def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_
         assert sorted(row["per_family_ap"]) == testing
         # The unseen mean is the mean over seeds of the mean over unseen families, recomputed here from the runs.
         unseen = [f for f in testing if f != TRAIN_FAMILY]
-        expected = sum(sum(m["generators"][f]["ap"] for f in unseen) / len(unseen) for m in runs) / 2
+        per_run = [sum(m["generators"][f]["ap"] for f in unseen) / len(unseen) for m in runs]
+        expected = sum(per_run) / 2
         assert row["unseen_ap"][0] == pytest.approx(expected)
         assert row["seen_ap"][0] == pytest.approx(sum(m["generators"][TRAIN_FAMILY]["ap"] for m in runs) / 2)
-        assert row["unseen_ap"][1] >= 0.0
+        # The spread is the sample standard deviation over seeds: for two values, |a - b| / sqrt(2).
+        assert row["unseen_ap"][1] == pytest.approx(abs(per_run[0] - per_run[1]) / 2 ** 0.5)
     # The test-time sweep comes from the reference config only, one row per K.
     assert list(report["test_time_masking"]) == ["0", "1"]
     assert [r["masks"] for r in per_seed[ablation.REFERENCE][1]["test_time_masking"]] == [0, 1]
