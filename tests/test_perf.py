@@ -147,8 +147,8 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
     def measure(levels: str, name: str) -> tuple[dict, dict]:
         path = tmp_path / name
         _perf("--url", triton_server.grpc_url, "--concurrency", levels, "--perf-analyzer", "--window", "2",
-              "--stability", "0.2", "--duration", "10", "--num-images", "8", "--payload-profile", "square", "--image-size", "128",
-              "--json", str(path), "--csv", "", "--plot", "", timeout=900)
+              "--stability", "0.2", "--duration", "10", "--num-images", "8", "--payload-profile", "square",
+              "--image-size", "128", "--json", str(path), "--csv", "", "--plot", "", timeout=900)
         report = json.loads(path.read_text())
         return ({r["concurrency"]: r["throughput_ips"] for r in report["runs"]},
                 {r["concurrency"]: r for r in report["perf_analyzer"]})
@@ -161,6 +161,7 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
     for level in (1, 2, 4):
         first = ratio(ours, theirs, level)
         if first is None or not 0.75 <= first <= 1.25:
-            ours, theirs = measure(str(level), f"pa_again_c{level}.json")
+            again_ours, again_theirs = measure(str(level), f"pa_again_c{level}.json")
+            ours[level], theirs[level] = again_ours[level], again_theirs[level]  # the other levels keep theirs
         assert "error" not in theirs[level], theirs[level]
         assert 0.75 <= ratio(ours, theirs, level) <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])
