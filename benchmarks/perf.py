@@ -81,8 +81,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _positive(text: str) -> int:
-    (value,) = _numbers(text, int, "value") or [0]
-    return value
+    values = _numbers(text, int, "value")
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one number > 0 expected, got {text!r}")
+    return values[0]
 
 
 def _url(text: str) -> str:

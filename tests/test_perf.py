@@ -165,3 +165,27 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
             ours[level], theirs[level] = again_ours[level], again_theirs[level]  # the other levels keep theirs
         assert "error" not in theirs[level], theirs[level]
         assert 0.75 <= ratio(ours, theirs, level) <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])
+
+
+def test_readme_throughput_table_matches_its_result_files():
+    """The README's throughput figures are the committed perf reports' figures, not numbers typed in."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Throughput and latency"):readme.index("### Serving settings")]
+    shipped = json.loads((ROOT / "docs" / "perf" / "photos_crop_first.json").read_text())["runs"]
+    before = json.loads((ROOT / "docs" / "perf" / "photos_full_decode.json").read_text())["runs"]
+
+    def find(runs, backend, protocol, concurrency, batch):
+        return next(r for r in runs if (r["backend"], r["protocol"], r["concurrency"], r["batch_size"])
+                    == (backend, protocol, concurrency, batch))
+
+    rows = re.findall(r"^\| (triton|pytorch \(eager\)|onnxruntime) \| (\w+) \| (\d+) \| (\d+) \| ([\d.]+) \| "
+                      r"([\d.]+) / ([\d.]+) \| ([\d.]+) \| ([\d.]+) / ([\d.]+) \|$", section, re.M)
+    assert len(rows) == 7
+    for backend, protocol, conc, batch, ips, p50, p99, ips0, p50_0, p99_0 in rows:
+        key = (backend.split()[0], protocol, int(conc), int(batch))
+        for runs, figures in ((shipped, (ips, p50, p99)), (before, (ips0, p50_0, p99_0))):
+            run = find(runs, *key)
+            assert [float(f) for f in figures] == pytest.approx(
+                [run["throughput_ips"], run["latency_ms"]["p50"], run["latency_ms"]["p99"]], abs=0.051), key

@@ -49,3 +49,9 @@ def test_median_over_rounds():
     row = median_row(rounds)
     assert row["best_ips"] == 60.0 and row["c1_ips"] == 30.0 and row["c1_p99_ms"] == 100.0
     assert row["best_ips_per_round"] == [50.0, 70.0, 60.0] and row["rounds"] == 3
+
+
+def test_readme_sweep_table_is_the_committed_one():
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "docs" / "perf" / "sweep" / "sweep.md").read_text().strip()
+    assert table in (root / "README.md").read_text()
