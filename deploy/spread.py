@@ -65,6 +65,25 @@ def counts_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, i
     return {url: {k: v - before.get(url, {}).get(k, 0) for k, v in now.items()} for url, now in after.items()}
 
 
+def settled_delta(urls: list[str], before: dict[str, dict[str, int]], model: str = MODEL, at_least: int = 0,
+                  timeout_s: float = 5.0, interval_s: float = 0.05) -> dict[str, dict[str, int]]:
+    """The replicas' counts since ``before``, read once they have settled.
+
+    A server records a request's statistics just after it sends the response, so a read made right after the
+    last answer can miss the last few. Reads repeat until the answered total is at least ``at_least`` and two
+    reads ``interval_s`` apart agree, or ``timeout_s`` passes (then the last read is returned as it is).
+    """
+    deadline = time.monotonic() + timeout_s
+    delta = counts_delta(before, replica_counts(urls, model))
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        again = counts_delta(before, replica_counts(urls, model))
+        if again == delta and sum(c["requests"] for c in delta.values()) >= at_least:
+            break
+        delta = again
+    return delta
+
+
 def _cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -119,8 +138,7 @@ def spread(balancer_url: str, replica_urls: list[str], payloads: list[bytes], re
             except Exception as exc:  # noqa: BLE001 - counted and reported, the rest go on
                 errors += 1
                 logger.warning("request failed: %s", exc)
-    after = replica_counts(replica_urls, model)
-    return SpreadResult(requests, errors, counts_delta(before, after))
+    return SpreadResult(requests, errors, settled_delta(replica_urls, before, model, at_least=requests - errors))
 
 
 @dataclass
@@ -145,9 +163,9 @@ def measure_level(balancer_url: str, replica_urls: list[str], payloads: list[byt
     before, cpu_before, server_before = replica_counts(replica_urls, model), _cpu_times(), \
         process_tree_cpu_s(server_pids)
     level = closed_loop_async(sender.start, concurrency, policy)
-    server_after, cpu_after, after = process_tree_cpu_s(server_pids), _cpu_times(), replica_counts(replica_urls, model)
+    server_after, cpu_after = process_tree_cpu_s(server_pids), _cpu_times()
+    delta = settled_delta(replica_urls, before, model)
     busy = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
-    delta = counts_delta(before, after)
     answered = sum(c["requests"] for c in delta.values())
     per_request_ms = (server_after - server_before) / answered * 1e3 if answered else float("nan")
     s = level.samples

@@ -24,10 +24,13 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ablation_out(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ablation")
-    assert ablation.main(["--data", str(small_dataset), "--out", str(out), "--seeds", "0,1",
-                          "--configs", f"none,{ablation.REFERENCE}", "--test-time-masks", "0,1",
-                          "--train-flags", TINY_TRAINING]) == 0
+    assert ablation.main(_args(small_dataset, out)) == 0
     return out
+
+
+def _args(data: Path, out: Path, store: Path | None = None) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--seeds", "0,1", "--configs", f"none,{ablation.REFERENCE}",
+            "--test-time-masks", "0,1", "--train-flags", TINY_TRAINING, "--results", str(store or out / "store")]
 
 
 def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_dataset: Path) -> None:
@@ -68,10 +71,48 @@ def test_rerun_reuses_every_run(ablation_out: Path, small_dataset: Path) -> None
     metrics = sorted((ablation_out / "runs").glob("*/seed*/eval/metrics.json"))
     assert len(metrics) == 4
     stamps = [p.stat().st_mtime_ns for p in metrics]
-    assert ablation.main(["--data", str(small_dataset), "--out", str(ablation_out), "--seeds", "0,1",
-                          "--configs", f"none,{ablation.REFERENCE}", "--test-time-masks", "0,1",
-                          "--train-flags", TINY_TRAINING]) == 0
+    assert ablation.main(_args(small_dataset, ablation_out)) == 0
     assert [p.stat().st_mtime_ns for p in metrics] == stamps
+
+
+def test_results_store_completes_the_ablation_on_another_machine(ablation_out: Path, small_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """A fresh output folder with only the committed store: nothing is trained, and the report is the same."""
+    store = ablation_out / "store"
+    records = sorted(store.glob("*/seed*.json"))
+    assert [p.relative_to(store).as_posix() for p in records] == sorted(
+        f"{ablation.slug(n)}/seed{s}.json" for n in ("none", ablation.REFERENCE) for s in (0, 1))
+    key = json.loads(records[0].read_text())["key"]
+    assert key["benchmark"] == ablation.benchmark_fingerprint(small_dataset) and "--mask" in key["train_flags"]
+    fresh = tmp_path / "elsewhere"
+    assert ablation.main(_args(small_dataset, fresh, store)) == 0
+    assert not (fresh / "runs").exists()
+    assert json.loads((fresh / "ablation.json").read_text()) == json.loads((ablation_out / "ablation.json").read_text())
+
+
+def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Path, small_dataset: Path) -> None:
+    store = ablation_out / "store"
+    masking = next(c for c in ablation.CONFIGS if c.name == "none")
+    cfg = ablation.AblationConfig(
+        data=small_dataset, out=ablation_out, seeds=(0,), configs=(masking,), train_flags=tuple(TINY_TRAINING.split()),
+        seen_families=(TRAIN_FAMILY,), test_time_masks=(0, 1), results=store,
+        benchmark=ablation.benchmark_fingerprint(small_dataset))
+    assert ablation.stored_metrics(cfg, masking, 0) is not None
+    other_data = ablation.AblationConfig(**{**cfg.__dict__, "benchmark": "0" * 64})
+    assert ablation.stored_metrics(other_data, masking, 0) is None
+    other_flags = ablation.AblationConfig(**{**cfg.__dict__, "train_flags": (*cfg.train_flags, "--lr", "1e-3")})
+    assert ablation.stored_metrics(other_flags, masking, 0) is None
+
+
+def test_fingerprint_follows_the_images(small_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    assert ablation.benchmark_fingerprint(copy) == ablation.benchmark_fingerprint(small_dataset)
+    image = next(p for p in sorted((copy / "testing").rglob("*")) if p.is_file())
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert ablation.benchmark_fingerprint(copy) != ablation.benchmark_fingerprint(small_dataset)
 
 
 def test_unknown_config_is_refused(small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

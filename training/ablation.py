@@ -5,6 +5,11 @@ family, evaluates each on every testing family with ``python -m training.evaluat
 seeds of AP and calibrated accuracy on the UNSEEN families, plus the test-time masking sweep. Every run is cached
 in ``OUT/runs/<config>/seed<k>``: rerunning the command only does what is missing.
 
+A finished run's evaluation is also kept in the results store (``--results``, committed: ``docs/ablation/runs``),
+keyed by the content of the benchmark it was measured on and the flags that trained it. The ablation takes days of
+a 2-core machine, so it is completed across machines: a run already in the store for the same benchmark content and
+flags is not trained again.
+
 Example::
 
     python -m training.ablation --data artifacts/data/benchmark --out artifacts/ablation --seeds 0,1,2
@@ -13,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import statistics
@@ -53,6 +59,9 @@ def slug(name: str) -> str:
     return name.replace(" ", "_").replace("%", "pct")
 
 
+RESULTS_STORE = Path("docs/ablation/runs")
+
+
 @dataclass(frozen=True)
 class AblationConfig:
     data: Path
@@ -62,6 +71,8 @@ class AblationConfig:
     train_flags: tuple[str, ...]
     seen_families: tuple[str, ...]
     test_time_masks: tuple[int, ...]
+    results: Path | None = RESULTS_STORE
+    benchmark: str = ""  # benchmark_fingerprint(data)
 
 
 def _run(args: list[str]) -> None:
@@ -73,8 +84,57 @@ def seen_families(data: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in (data / "training").iterdir() if p.is_dir()))
 
 
+def benchmark_fingerprint(data: Path) -> str:
+    """SHA-256 over every file of a built benchmark (its ``dataset.json`` records, path and bytes): two builds
+    share a fingerprint only when every image is the same."""
+    from training.benchmark.build import DATASET_FILE
+
+    manifest = json.loads((Path(data) / DATASET_FILE).read_text())
+    digest = hashlib.sha256()
+    for path in sorted(record["path"] for record in manifest["files"]):
+        digest.update(path.encode() + b"\0" + hashlib.sha256((Path(data) / path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def stored_run_path(results: Path, masking: MaskingConfig, seed: int) -> Path:
+    return Path(results) / slug(masking.name) / f"seed{seed}.json"
+
+
+def run_key(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict:
+    """What a stored run must match to stand for this one: the benchmark's content and every training flag."""
+    return {"benchmark": cfg.benchmark, "config": masking.name, "seed": seed,
+            "train_flags": [*masking.flags, *cfg.train_flags],
+            "test_time_masks": list(cfg.test_time_masks) if masking.name == REFERENCE else [0]}
+
+
+def stored_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict | None:
+    """The stored evaluation of this run, or None when the store has none for the same key."""
+    if cfg.results is None:
+        return None
+    path = stored_run_path(cfg.results, masking, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("key") != run_key(cfg, masking, seed):
+        logger.warning("%s was measured on another benchmark or with other flags: run again", path)
+        return None
+    return record["metrics"]
+
+
+def store_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int, metrics: dict, provenance: str) -> Path:
+    """Keep a finished run's evaluation in the results store, under its key."""
+    path = stored_run_path(cfg.results, masking, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"key": run_key(cfg, masking, seed), "provenance": provenance, "metrics": metrics}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
 def train_and_evaluate(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict:
     """One cached run: train, then evaluate on testing/ (with the test-time masking sweep for the reference)."""
+    stored = stored_metrics(cfg, masking, seed)
+    if stored is not None:
+        return stored
     run = cfg.out / "runs" / slug(masking.name) / f"seed{seed}"
     metrics_path = run / "eval" / "metrics.json"
     if not metrics_path.is_file():
@@ -84,7 +144,10 @@ def train_and_evaluate(cfg: AblationConfig, masking: MaskingConfig, seed: int) -
         masks = ",".join(map(str, cfg.test_time_masks)) if masking.name == REFERENCE else "0"
         _run(["training.evaluate", "--checkpoint", str(run / "checkpoint"), "--data", str(cfg.data),
               "--out", str(run / "eval"), "--masks", masks])
-    return json.loads(metrics_path.read_text())
+    metrics = json.loads(metrics_path.read_text())
+    if cfg.results is not None:
+        store_metrics(cfg, masking, seed, metrics, f"python -m training.ablation (run folder {run})")
+    return metrics
 
 
 def unseen_means(metrics: dict, seen: tuple[str, ...]) -> dict[str, float]:
@@ -237,6 +300,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-time-masks", default="0,1,2,4", help="K values swept for the reference config")
     p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 10",
                    help="flags passed to every training run")
+    p.add_argument("--results", type=Path, default=RESULTS_STORE,
+                   help="store of finished runs' evaluations, reused across machines when the benchmark's content "
+                        "and the flags match (default: %(default)s, committed)")
+    p.add_argument("--no-results", action="store_true", help="neither read nor write the results store")
     return p
 
 
@@ -257,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")), configs=configs,
         train_flags=tuple(args.train_flags.split()), seen_families=seen_families(args.data),
         test_time_masks=tuple(int(k) for k in args.test_time_masks.split(",")),
+        results=None if args.no_results else args.results,
+        benchmark=benchmark_fingerprint(args.data),
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
     run(cfg)
