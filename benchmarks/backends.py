@@ -49,12 +49,19 @@ class TritonSender:
     """Sends requests to the ensemble; one client per thread (the HTTP client is not thread-safe)."""
 
     def __init__(self, url: str, protocol: Protocol, payloads: list[bytes], batch_size: int = 1,
-                 model: str = MODEL, shared_memory: SharedMemory = SharedMemory.NONE, timeout_s: float = 60.0):
+                 model: str = MODEL, shared_memory: SharedMemory = SharedMemory.NONE, timeout_s: float = 60.0,
+                 admin_key: tuple[str, str] | None = None):
+        """``admin_key``: (header, value) that opens the server's restricted APIs (shared-memory registration)."""
         if shared_memory is SharedMemory.CUDA:
             raise ValueError("--shared-memory cuda needs a GPU server and a CUDA client; use none or system")
         self.url, self.protocol, self.model = url, Protocol(protocol), model
         self.payloads, self.batch_size = payloads, batch_size
         self.shared_memory, self.timeout_s = shared_memory, timeout_s
+        self.admin_headers = {}
+        if admin_key is not None:
+            header, value = admin_key
+            # Triton reads a restricted gRPC call's key under this metadata prefix.
+            self.admin_headers = {f"triton-grpc-protocol-{header}" if self.protocol is Protocol.GRPC else header: value}
         self._local = threading.local()
         self._regions: list[tuple[object, object, str]] = []  # (client, handle, name)
         self._lock = threading.Lock()
@@ -88,7 +95,7 @@ class TritonSender:
             size = max(byte_size, 1 << 20)
             name = f"fmdetect_perf_{uuid.uuid4().hex[:10]}"
             handle = shm.create_shared_memory_region(name, f"/{name}", size)
-            client.register_system_shared_memory(name, f"/{name}", size)
+            client.register_system_shared_memory(name, f"/{name}", size, headers=self.admin_headers)
             region = (handle, size, name)
             self._local.region = region
             with self._lock:
@@ -151,7 +158,7 @@ class TritonSender:
 
         for client, handle, name in self._regions:
             try:
-                client.unregister_system_shared_memory(name)
+                client.unregister_system_shared_memory(name, headers=self.admin_headers)
             finally:
                 shm.destroy_shared_memory_region(handle)
         self._regions.clear()

@@ -118,6 +118,7 @@ class PerfConfig:
     image_size: int
     num_images: int
     shared_memory: SharedMemory
+    admin_key: tuple[str, str] | None
     compare: bool
     compare_batches: tuple[int, ...]
     perf_analyzer: bool
@@ -155,6 +156,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=_positive, default=32, help="distinct images to cycle through")
     p.add_argument("--shared-memory", default="none", choices=[s.value for s in SharedMemory],
                    help="send inputs through system shared memory (local server only; cuda: GPU only)")
+    p.add_argument("--admin-key-header", default="admin-key",
+                   help="with --url: the header that carries $TRITON_ADMIN_KEY to the server's restricted APIs "
+                        "(shared-memory registration) (default: %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="also PyTorch eager and ONNX Runtime in-process, Triton over gRPC and HTTP, FFT stage cost")
     p.add_argument("--compare-batches", type=_ints, default="1,8,32", help="batch sizes tried for in-process backends")
@@ -181,7 +185,9 @@ def config_from_args(args: argparse.Namespace) -> PerfConfig:
                             max_windows=windows),
         input_dir=args.input_dir, payload_profile=PayloadProfile(args.payload_profile), payload=args.payload,
         image_size=args.image_size, num_images=args.num_images,
-        shared_memory=SharedMemory(args.shared_memory), compare=args.compare,
+        shared_memory=SharedMemory(args.shared_memory),
+        admin_key=(args.admin_key_header, os.environ["TRITON_ADMIN_KEY"]) if os.environ.get("TRITON_ADMIN_KEY") else None,
+        compare=args.compare,
         compare_batches=tuple(args.compare_batches), perf_analyzer=args.perf_analyzer,
         repository=args.repository, checkpoint=args.checkpoint, json=args.json, csv=args.csv, plot=args.plot,
     )
@@ -260,7 +266,8 @@ def _statistics(cfg: PerfConfig, sender: TritonSender) -> dict[str, dict[str, di
 
 
 def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list[bytes]) -> list[RunRecord]:
-    sender = TritonSender(url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory)
+    sender = TritonSender(url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory,
+                          admin_key=cfg.admin_key)
     runs = []
     try:
         levels = [(None, r) for r in cfg.request_rate] or [(c, None) for c in cfg.concurrency]
@@ -390,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
 
         server = TritonServer(ServerConfig(model_repository=ensure_repository(cfg)))
         server.start()
+        restricted = server.config.restricted_api
+        cfg = replace(cfg, admin_key=(restricted.header, restricted.value) if restricted else None)
         url = server.grpc_url if cfg.protocol is Protocol.GRPC else server.http_url
     else:
         check_ready(url, cfg.protocol, cfg.model)
@@ -458,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             for message, count in r.error_messages.items():
                 print(f"  {r.label} x{count}: {message}")
     config = {k: (str(v) if isinstance(v, (Path, Protocol, SharedMemory, Arrivals)) else v)
-              for k, v in asdict(cfg).items()}
+              for k, v in asdict(cfg).items() if k != "admin_key"}  # a secret: never in a report
     config["url"] = url
     if cfg.json:
         write_json(cfg.json, config, runs, extra)

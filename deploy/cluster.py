@@ -40,12 +40,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from string import Template
 
-from triton_repo.server import SHM_DIR, ServerConfig, ServerError, TritonServer, free_port
+from triton_repo.server import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class ClusterConfig:
         install_nginx: apt-get install nginx when it is missing (needs root).
         ready_timeout_s: most seconds a replica may take to become ready.
         workers: nginx worker processes.
+        restricted_api: the admin key every replica requires on its restricted APIs (one key for the cluster;
+            default ``RestrictedAPI.default()``: $TRITON_ADMIN_KEY or a random key); None opens them.
     """
 
     model_repository: Path
@@ -100,6 +102,7 @@ class ClusterConfig:
     next_upstream_tries: int = 0  # 0: every replica may be tried once
     connect_timeout_s: float = 1.0
     health_interval_s: float = 0.5
+    restricted_api: RestrictedAPI | None = field(default_factory=RestrictedAPI.default)
     fall: int = 2
     rise: int = 2
     install_nginx: bool = True
@@ -572,7 +575,7 @@ class Cluster:
         ports = dict(http_port=replica.http_port or None, grpc_port=replica.grpc_port or None,
                      metrics_port=replica.metrics_port or None)
         server_config = ServerConfig(model_repository=Path(c.model_repository), host=replica.host,
-                                     ready_timeout_s=c.ready_timeout_s, **ports)
+                                     ready_timeout_s=c.ready_timeout_s, restricted_api=c.restricted_api, **ports)
         server = (NamespacedTritonServer(server_config, replica.namespace) if replica.namespace
                   else TritonServer(server_config))
         try:

@@ -154,3 +154,83 @@ def test_tls_settings_are_validated(tmp_path: Path):
     with pytest.raises(ValueError, match="does not exist"):
         GrpcTLS(cert, tmp_path / "missing.key")
     assert "--grpc-use-ssl-mutual=true" in GrpcTLS(cert, key, cert, mutual=True).args()
+
+
+@pytest.mark.triton
+def test_admin_apis_are_closed_to_callers_without_the_key(triton_server):
+    """The default launch (no admin settings given) as an outsider sees it: the region attack (register a
+    shared-memory region under the server's own python-backend region name, then send a request whose output
+    goes there) fails at registration, over gRPC and over plain HTTP; loading models, logging and trace settings
+    are refused too; inference, health, statistics and model config stay open; the key opens the API."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+
+    restricted = triton_server.config.restricted_api
+    assert restricted is not None and set(restricted.apis) >= {"shared-memory", "model-repository", "logging", "trace"}
+    own_regions = sorted(Path("/dev/shm").glob(f"{triton_server.shm_prefix}*"))
+    assert own_regions, "the python backend's regions should exist while the server runs"
+    target = own_regions[0].name
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
+        with pytest.raises(grpcclient.InferenceServerException, match=restricted.header):
+            raw.register_system_shared_memory("attack", f"/{target}", 1 << 20)
+        with pytest.raises(grpcclient.InferenceServerException, match=restricted.header):
+            raw.load_model("detector")
+        with pytest.raises(grpcclient.InferenceServerException, match=restricted.header):
+            raw.update_log_settings({"log_verbose_level": 1})
+        assert raw.get_system_shared_memory_status(headers=restricted.grpc_headers(), as_json=True).get("regions", {}) == {}
+        # Open: inference, health, statistics, config.
+        data = np.array([[PAYLOAD]], dtype=object)
+        tensor = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(data)
+        assert raw.infer("deepfake_detector", [tensor]).as_numpy("PROB_FAKE").shape == (1, 1)
+        assert raw.is_server_ready() and raw.get_inference_statistics("deepfake_detector")
+        assert raw.get_model_config("deepfake_detector")
+
+        # With the key, the same API works for a region of the caller's own.
+        name = f"fmdetect_test_{os.getpid()}"
+        handle = shm.create_shared_memory_region(name, f"/{name}", 1 << 16)
+        try:
+            raw.register_system_shared_memory(name, f"/{name}", 1 << 16, headers=restricted.grpc_headers())
+            status = raw.get_system_shared_memory_status(headers=restricted.grpc_headers(), as_json=True)
+            assert [r["name"] for r in status.get("regions", {}).values()] == [name]
+            raw.unregister_system_shared_memory(name, headers=restricted.grpc_headers())
+        finally:
+            shm.destroy_shared_memory_region(handle)
+
+    def http(method: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
+        request = urllib.request.Request(f"http://{triton_server.http_url}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    register = {"key": f"/{target}", "offset": 0, "byte_size": 1 << 20}
+    assert http("POST", "/v2/systemsharedmemory/region/attack/register", register) == 403
+    assert http("POST", "/v2/repository/index", {}) == 403
+    assert http("POST", "/v2/logging", {"log_verbose_level": 1}) == 403
+    assert http("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}) == 403
+    assert http("GET", "/v2/models/stats") == 200
+    assert http("GET", "/v2/systemsharedmemory/status", headers=restricted.http_headers()) == 200
+
+
+def test_launcher_restricts_by_default_and_opens_only_when_told(tmp_path: Path, monkeypatch):
+    from triton_repo.server import RestrictedAPI
+
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
+    first, second = (ServerConfig(model_repository=tmp_path).restricted_api for _ in range(2))
+    assert first.apis == RestrictedAPI.DEFAULT_APIS and len(first.value) == 32
+    assert first.value != second.value, "a random key per launch"
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "k3y")
+    assert ServerConfig(model_repository=tmp_path).restricted_api.value == "k3y"
+    args = get_args_parser().parse_args(["--model-repository", "r"])
+    assert not args.open_admin_apis and args.restrict.split(",") == list(RestrictedAPI.DEFAULT_APIS)
+    assert get_args_parser().parse_args(["--model-repository", "r", "--open-admin-apis"]).open_admin_apis

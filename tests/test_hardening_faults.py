@@ -14,10 +14,18 @@ Bounds stated and checked:
 - ``restart()`` mid-load (graceful: drain in-flight requests, then replace the process): the callers see no error;
   every request completes within the restart time + 3 s.
 - a ``probe`` that fails ``failures_to_restart`` times in a row restarts the server.
+- a HUNG stub (SIGSTOP: alive, ready, never answering): the watchdog's inference probe (deadline 5 s, every
+  0.5 s) fails while the python backend calls that model's stub "not healthy" (SIGSTOP) or the statistics show no
+  successful inference of it since the previous probe (an execute that never returns); after 2 such rounds the
+  stub is killed and the model reloaded (explicit model control) or the server restarted. Bound: detected within
+  3 x (0.5 s + 5 s) + 4 s of slack = 20.5 s of the hang (the first failed round may still see the last
+  answers), serving again within 30 s of the detection.
+- a busy but healthy server (the same load, no hang) is never acted on by the probe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -28,7 +36,7 @@ import pytest
 
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import repository_copy
-from triton_repo.server import ServerConfig, TritonServer
+from triton_repo.server import InferenceProbe, ServerConfig, TritonServer
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -164,3 +172,74 @@ def test_a_failing_probe_restarts_the_server(cpu_repository: Path, tmp_path: Pat
         assert server.process.pid != pid and server.check_health() is None
     assert [r.reason for r in watchdog.recoveries] == ["probe failed: probe inference failed"]
     assert watchdog.recoveries[0].ok
+
+
+HANG_PROBE = InferenceProbe(deadline_s=5.0)
+HANG_DETECTION_BOUND_S = 3 * (0.5 + HANG_PROBE.deadline_s) + 4.0
+
+
+# Appended to the served copy of detector/1/model.py: the first execute after the flag file appears consumes it
+# and never returns (the stub stays healthy to the python backend, its model answers nothing: the queue times out).
+BLOCKING_EXECUTE = """
+
+import pathlib as _pathlib
+import threading as _threading
+
+_execute = TritonPythonModel.execute
+
+
+def _blocking_execute(self, requests):
+    flag = _pathlib.Path(__file__).parent / "block"
+    if flag.exists():
+        flag.unlink()
+        _threading.Event().wait()
+    return _execute(self, requests)
+
+
+TritonPythonModel.execute = _blocking_execute
+"""
+
+
+@pytest.mark.parametrize("explicit, fault", [(False, "sigstop"), (True, "sigstop"), (False, "blocked-execute")],
+                         ids=["sigstop-restart", "sigstop-reload-explicit", "blocked-execute-restart"])
+def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, explicit: bool, fault: str):
+    """SIGSTOP: the python backend reports the stub "not healthy" on every request it routes there. A blocked
+    execute: the stub stays healthy, requests time out in the queue, and the model's counters stand still."""
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    if fault == "blocked-execute":
+        with open(repo / "detector" / "1" / "model.py", "a") as source:
+            source.write(BLOCKING_EXECUTE)
+    with TritonServer(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as server:
+        watchdog = server.watch(interval_s=0.5, hang_probe=HANG_PROBE)
+        with Load(server.grpc_url) as load:
+            _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
+            time.sleep(2.0)  # a few good probes under load: nothing to act on
+            assert watchdog.recoveries == []
+            stub = next(s for s in server.stubs() if s.model == "detector")
+            hung_at = time.monotonic()
+            if fault == "sigstop":
+                os.kill(stub.pid, signal.SIGSTOP)
+            else:
+                (server.repository / "detector" / "1" / "block").touch()
+            try:
+                _wait_for(lambda: watchdog.recoveries, 60, "the watchdog to recover")
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stub.pid, signal.SIGCONT)
+            recovered_at = time.monotonic()
+            _wait_for(lambda: load.succeeded_after(recovered_at) >= 20, 30, "answers after the recovery")
+        health = server.check_health()
+    recovery = watchdog.recoveries[0]
+    errors = load.errors()
+    print(f"hung detector stub ({fault}, explicit={explicit}): detected {recovery.detected_at - hung_at:.2f} s "
+          f"after the hang, recovered in {recovery.recovered_s:.2f} s; {len(load.records)} requests, "
+          f"{len(errors)} errors: {sorted({e[2][:60] for e in errors})}")
+    assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
+    assert "detector" in recovery.reason and "hung" in recovery.reason, recovery.reason
+    assert recovery.detected_at - hung_at < HANG_DETECTION_BOUND_S
+    assert recovery.recovered_s < 30.0
+    assert health is None, health
+    assert stub.pid not in {s.pid for s in server.stubs() if s.state != "Z"}
+    # What callers see meanwhile: the requests the hung stub was given fail (INTERNAL "not healthy", or the
+    # queue's timeout), none after the recovery.
+    assert all(begin <= recovered_at for begin, _, _ in errors), errors

@@ -97,6 +97,13 @@ def test_deployment_serves_triton_with_health_probes(name: str):
     assert {m["mountPath"] for m in init["volumeMounts"]} == {"/models"}
     assert {"/models", "/dev/shm"} <= {m["mountPath"] for m in triton["volumeMounts"]}
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    # The administrative APIs answer only the admin key (the launcher's default set), taken from a Secret.
+    from triton_repo.server import RestrictedAPI
+
+    spec = f"{','.join(RestrictedAPI.DEFAULT_APIS)}:{RestrictedAPI.DEFAULT_HEADER}=$(TRITON_ADMIN_KEY)"
+    assert f"--http-restricted-api={spec}" in triton["args"] and f"--grpc-restricted-protocol={spec}" in triton["args"]
+    (key,) = [e for e in triton["env"] if e["name"] == "TRITON_ADMIN_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "fmdetect-admin-key", "key": "admin-key"}
     resources = triton["resources"]
     if name == "gpu":
         assert resources["requests"]["nvidia.com/gpu"] == 1 and resources["limits"]["nvidia.com/gpu"] == 1

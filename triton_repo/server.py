@@ -9,7 +9,13 @@ A python stub that dies hard (OOM killer, a crash in native code) leaves its mod
 notices that (a dead stub is a zombie child of the server) besides a dead or unresponsive server, and
 ``TritonServer.watch()`` runs that check in a thread and recovers: it reloads the model whose stub died when model
 control is explicit, and otherwise restarts the server on the same ports, so clients that retry UNAVAILABLE
-recover by themselves. See triton_repo/README.md for the production settings (TLS, restricted APIs, limits).
+recover by themselves. A model whose stub hangs (alive, ready, but never answering) is found by an inference probe
+with a deadline plus the server's own statistics (no successful inference of that model since the previous probe), and
+recovered the same way.
+
+The administrative APIs that change or expose the server (model repository, shared memory, trace, logging) answer
+only requests that carry an admin key (``RestrictedAPI``): by default a random key made per launch, or
+``$TRITON_ADMIN_KEY``. See triton_repo/README.md for the production settings (TLS, restricted APIs, limits).
 
 Example::
 
@@ -27,7 +33,9 @@ import contextlib
 import glob
 import logging
 import os
+import json
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -120,6 +128,25 @@ class RestrictedAPI:
     value: str
     apis: tuple[str, ...] = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 
+    # What a launch restricts unless told otherwise: every API that changes the server or reaches outside it
+    # (loading models, registering /dev/shm regions, trace files, log level). Statistics and model config stay
+    # readable: monitoring and benchmarks read them, and they change nothing.
+    DEFAULT_APIS = ("model-repository", "shared-memory", "trace", "logging")
+    DEFAULT_HEADER = "admin-key"
+
+    @classmethod
+    def default(cls, header: str = DEFAULT_HEADER) -> RestrictedAPI:
+        """The launch default: ``DEFAULT_APIS`` behind ``$TRITON_ADMIN_KEY``, or a random key made now."""
+        return cls(header, os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(16), cls.DEFAULT_APIS)
+
+    def http_headers(self) -> dict[str, str]:
+        """The HTTP header that opens the restricted APIs."""
+        return {self.header: self.value}
+
+    def grpc_headers(self) -> dict[str, str]:
+        """The same as gRPC metadata (tritonclient's ``headers=``): Triton expects the key under this prefix."""
+        return {f"triton-grpc-protocol-{self.header}": self.value}
+
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9-]+", self.header):
             raise ValueError(f"header must be lower-case letters, digits and '-' (gRPC metadata), got {self.header!r}")
@@ -144,7 +171,8 @@ class ServerConfig:
         model_control_explicit: ``--model-control-mode=explicit`` (all models loaded at start); the repository API
             can then load and unload models, so keep it private (see triton_repo/README.md).
         grpc_tls: serve gRPC over TLS (optionally mutual); None: plaintext.
-        restricted_api: require a header key on the administrative APIs (model repository, shared memory, ...).
+        restricted_api: require a header key on the administrative APIs (default: ``RestrictedAPI.default()``,
+            a random key per launch); None opens them to every caller that reaches the ports.
         extra_args: appended verbatim to the command line (e.g. ``--grpc-infer-allocation-pool-size=16``).
     """
 
@@ -161,7 +189,7 @@ class ServerConfig:
     shm_default_bytes: int = 4 * 1024 * 1024
     env: dict[str, str] = field(default_factory=dict)
     grpc_tls: GrpcTLS | None = None
-    restricted_api: RestrictedAPI | None = None
+    restricted_api: RestrictedAPI | None = field(default_factory=RestrictedAPI.default)
 
 
 @dataclass(frozen=True)
@@ -221,6 +249,44 @@ def _rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+@dataclass(frozen=True)
+class InferenceProbe:
+    """One request through the served ensemble, answered within ``deadline_s``: a small PNG must come back with
+    a score. Raises when it does not (an error answer, no answer in time, or no score)."""
+
+    model: str = "deepfake_detector"
+    deadline_s: float = 10.0
+
+    def __call__(self, server: TritonServer) -> None:
+        import numpy as np
+        import tritonclient.http as httpclient
+
+        data = np.array([[_probe_png()]], dtype=object)
+        tensor = httpclient.InferInput("IMAGE_BYTES", list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data, binary_data=True)
+        with httpclient.InferenceServerClient(server.http_url, connection_timeout=self.deadline_s,
+                                              network_timeout=self.deadline_s) as client:
+            result = client.infer(self.model, [tensor], outputs=[httpclient.InferRequestedOutput("PROB_FAKE")],
+                                  timeout=int(self.deadline_s * 1e6))
+        score = result.as_numpy("PROB_FAKE")
+        if score is None or score.size != 1:
+            raise RuntimeError(f"probe got no score ({None if score is None else score.shape})")
+
+
+def _probe_png() -> bytes:
+    """A 32x32 gradient as PNG: valid for every preprocessing limit, cheap to score."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 32, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.full((32, 32), 128, np.uint8)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class TritonServer:
@@ -535,6 +601,29 @@ class TritonServer:
             return 0
         return _rss_bytes(process.pid) + sum(_rss_bytes(pid) for pid in _children(process.pid))
 
+    def admin_headers(self, grpc: bool = False) -> dict[str, str]:
+        """The headers that open the restricted APIs of this server ({} when they are open)."""
+        restricted = self.config.restricted_api
+        if restricted is None:
+            return {}
+        return restricted.grpc_headers() if grpc else restricted.http_headers()
+
+    def success_counts(self, timeout_s: float = 2.0) -> dict[str, int] | None:
+        """Successful inferences per served model so far (all versions), from the statistics API; ensembles left
+        out (they run no code of their own). Executions are no measure of progress: Triton counts a batch sent
+        to a stub that never answers as executed. None when the server does not answer."""
+        status, body = self._http_body("GET", "/v2/models/stats", timeout_s, self.admin_headers())
+        if status != 200:
+            return None
+        ensembles = {p.parent.name for p in self.repository.glob("*/config.pbtxt")
+                     if re.search(r'platform:\s*"ensemble"', p.read_text(errors="replace"))}
+        counts: dict[str, int] = {}
+        for model in json.loads(body).get("model_stats", []):
+            if model["name"] not in ensembles:
+                success = model.get("inference_stats", {}).get("success", {})
+                counts[model["name"]] = counts.get(model["name"], 0) + int(success.get("count", 0))
+        return counts
+
     def check_health(self, timeout_s: float = 2.0) -> str | None:
         """One health check; returns what is wrong, or None.
 
@@ -565,27 +654,35 @@ class TritonServer:
         interval_s: float = 1.0,
         probe: Callable[[TritonServer], None] | None = None,
         failures_to_restart: int = 2,
+        hang_probe: InferenceProbe | None = InferenceProbe(),
     ) -> Watchdog:
         """Check health every ``interval_s`` in a thread and recover when it fails: with explicit model control a
-        model whose stub died is reloaded; anything else (or a failed reload) restarts the server on its ports.
+        model whose stub died (or hung, then is killed) is reloaded; anything else (or a failed reload) restarts
+        the server on its ports.
 
-        A dead stub or a dead process is acted on at once; not live / not ready / a failing ``probe`` must repeat
-        ``failures_to_restart`` times in a row (a model being loaded is briefly not ready). ``stop()`` ends it;
-        ``Watchdog.recoveries`` records what it did.
+        A dead stub or a dead process is acted on at once; not live / not ready / a failing ``probe`` / a hung
+        model must repeat ``failures_to_restart`` times in a row (a model being loaded is briefly not ready).
+        ``stop()`` ends it; ``Watchdog.recoveries`` records what it did.
+
+        A model is HUNG when ``hang_probe`` (one inference through the ensemble with a deadline) fails and the
+        python backend reports that model's stub "not healthy", or the statistics show no successful inference of
+        it since the previous probe. An overloaded server also fails probes (its queues time out), but its models
+        keep answering, so it is left alone.
 
         Args:
-            probe: optional end-to-end check run after the built-in ones, e.g. one inference on a known image;
-                it raises when the server cannot serve.
+            probe: optional end-to-end check run after the built-in ones; it raises when the server cannot
+                serve, and any failure counts (unlike ``hang_probe``, which counts only stalled models).
+            hang_probe: the hung-model check; None turns it off.
         """
         if self._watchdog is not None:
             raise RuntimeError("this server is already watched")
-        self._watchdog = Watchdog(self, interval_s, probe, failures_to_restart)
+        self._watchdog = Watchdog(self, interval_s, probe, failures_to_restart, hang_probe)
         self._watchdog.start()
         return self._watchdog
 
     def _model_control(self, model: str, action: str, headers: dict[str, str] | None = None) -> None:
         restricted = self.config.restricted_api
-        headers = {**({restricted.header: restricted.value} if restricted else {}), **(headers or {})}
+        headers = {**(restricted.http_headers() if restricted else {}), **(headers or {})}
         status, body = self._http_body("POST", f"/v2/repository/models/{model}/{action}", 300, headers)
         if status != 200:
             raise ServerError(f"{action} of model '{model}' failed (HTTP {status}): {body}")
@@ -616,14 +713,18 @@ class Watchdog(threading.Thread):
         interval_s: float,
         probe: Callable[[TritonServer], None] | None,
         failures_to_restart: int,
+        hang_probe: InferenceProbe | None = None,
     ) -> None:
         super().__init__(name="triton-watchdog", daemon=True)
         self.server = server
         self.interval_s = interval_s
         self.probe = probe
+        self.hang_probe = hang_probe
         self.failures_to_restart = max(1, failures_to_restart)
         self.recoveries: list[Recovery] = []
         self._stopping = threading.Event()
+        self._last_counts: dict[str, int] | None = None  # success counts read at the previous probe
+        self._hung: list[str] = []
 
     def stop(self) -> None:
         self._stopping.set()
@@ -641,12 +742,41 @@ class Watchdog(threading.Thread):
             self.server._lock.release()
         if problem is not None:
             return problem, "died" in problem or "exited" in problem
+        self._hung = []
+        if self.hang_probe is not None:
+            problem = self._hang_problem()
+            if problem is not None:
+                return problem, False
         if self.probe is not None:
             try:
                 self.probe(self.server)
             except Exception as exc:  # noqa: BLE001 - any probe failure counts
                 return f"probe failed: {exc}", False
         return None, False
+
+    def _hang_problem(self) -> str | None:
+        """Run the hang probe; when it fails, name the models that cannot answer: those whose stub the python
+        backend reports "not healthy" (alive but unresponsive: stopped, or stuck), else those with no successful
+        inference since the previous probe (a stub that never returns leaves its model's counters still, while
+        an overloaded model's keep rising)."""
+        try:
+            self.hang_probe(self.server)
+        except Exception as exc:  # noqa: BLE001 - judged below
+            message = str(exc)
+            stalled = sorted({m.group(1) for m in re.finditer(r"Stub process '(.+?)_\d+_\d+' is not healthy", message)})
+            if not stalled:
+                counts, previous = self.server.success_counts(), self._last_counts
+                self._last_counts = counts
+                if counts is None or previous is None:
+                    return None  # no statistics, or nothing to compare with yet: the health checks decide
+                stalled = sorted(m for m, n in counts.items() if n <= previous.get(m, 0))
+            if not stalled:
+                logger.info("probe failed but every model is answering (overload?): %s", exc)
+                return None
+            self._hung = stalled
+            return f"model(s) {', '.join(stalled)} hung ({message})"
+        self._last_counts = self.server.success_counts()
+        return None
 
     def run(self) -> None:
         failures = 0
@@ -662,8 +792,22 @@ class Watchdog(threading.Thread):
             if self._stopping.is_set():
                 return
             detected = time.monotonic()
+            if self._hung:
+                self._kill_stubs(self._hung)  # a killed stub is a dead one: reloaded or restarted below
             ok = self._reload_dead_models() or self._restart(problem)
+            self._last_counts = None
             self.recoveries.append(Recovery(problem, detected, time.monotonic() - detected, ok))
+
+    def _kill_stubs(self, models: list[str]) -> None:
+        for stub in self.server.stubs():
+            if stub.model in models and stub.state not in ("Z", "X"):
+                logger.warning("python stub of model '%s' (pid %d) hung; killing it", stub.model, stub.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stub.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(s.model in models and s.state not in ("Z", "X")
+                                                  for s in self.server.stubs()):
+            time.sleep(0.02)
 
     def _reload_dead_models(self) -> bool:
         """With explicit model control, reload the models whose stub died (Triton starts a new stub); the rest of
@@ -712,9 +856,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-root-cert", type=Path, help="PEM CA that signs client certificates")
     parser.add_argument("--grpc-mutual-tls", action="store_true",
                         help="require client certificates signed by --grpc-root-cert")
-    parser.add_argument("--admin-key-header", metavar="NAME",
-                        help="restrict the model-repository, model-config, shared-memory, statistics, trace and "
-                             "logging APIs to requests carrying header NAME with the value of $TRITON_ADMIN_KEY")
+    parser.add_argument("--admin-key-header", metavar="NAME", default=RestrictedAPI.DEFAULT_HEADER,
+                        help="the restricted APIs answer only requests carrying header NAME with the value of "
+                             "$TRITON_ADMIN_KEY (unset: a random key, written to the log's folder) "
+                             "(default: %(default)s)")
+    parser.add_argument("--restrict", default=",".join(RestrictedAPI.DEFAULT_APIS), metavar="APIS",
+                        help="comma-separated APIs behind the admin key, among model-repository, model-config, "
+                             "shared-memory, statistics, trace, logging, health, metadata, inference "
+                             "(default: %(default)s)")
+    parser.add_argument("--open-admin-apis", action="store_true",
+                        help="no admin key: every caller that reaches the ports may load models, register shared "
+                             "memory, change logging and tracing (unsafe outside a test machine)")
+    parser.add_argument("--hang-deadline", type=float, default=InferenceProbe.deadline_s, metavar="S",
+                        help="deadline of the watchdog's inference probe that finds hung models; 0: no probe "
+                             "(default: %(default)s)")
     return parser
 
 
@@ -733,11 +888,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.grpc_root_cert or args.grpc_mutual_tls:
         parser.error("--grpc-root-cert and --grpc-mutual-tls need --grpc-server-cert and --grpc-server-key")
     restricted = None
-    if args.admin_key_header:
+    if not args.open_admin_apis:
         try:
-            restricted = RestrictedAPI(args.admin_key_header, os.environ.get("TRITON_ADMIN_KEY", ""))
+            restricted = RestrictedAPI(args.admin_key_header, os.environ.get("TRITON_ADMIN_KEY") or
+                                       secrets.token_hex(16), tuple(a.strip() for a in args.restrict.split(",")))
         except ValueError as exc:
-            parser.error(f"--admin-key-header needs TRITON_ADMIN_KEY set: {exc}")
+            parser.error(f"admin key: {exc}")
     server = TritonServer(
         ServerConfig(
             model_repository=args.model_repository,
@@ -764,7 +920,15 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    watchdog = server.watch(args.watch_interval) if args.watch_interval > 0 else None
+    hang_probe = InferenceProbe(deadline_s=args.hang_deadline) if args.hang_deadline > 0 else None
+    watchdog = server.watch(args.watch_interval, hang_probe=hang_probe) if args.watch_interval > 0 else None
+    if restricted is not None:
+        key_file = server.workdir / "admin-key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(restricted.value + "\n")
+        source = "$TRITON_ADMIN_KEY" if os.environ.get("TRITON_ADMIN_KEY") else f"the key in {key_file}"
+        print(f"restricted APIs ({', '.join(restricted.apis)}) need header '{restricted.header}' "
+              f"(gRPC: 'triton-grpc-protocol-{restricted.header}') with {source}", flush=True)
     print(f"serving {args.model_repository}: gRPC {server.grpc_url}{' (TLS)' if tls else ''}  HTTP {server.http_url}  "
           f"metrics {server.metrics_url}  (Ctrl-C stops)", flush=True)
     try:
