@@ -118,7 +118,8 @@ def format_result(path: str, outcome: Prediction | str, as_json: bool) -> str:
     """One output line for one image; ``outcome`` is its prediction or the reason it failed."""
     if as_json:
         if isinstance(outcome, Prediction):
-            record: dict[str, object] = {"path": path, "prob_fake": outcome.prob_fake, "is_fake": outcome.is_fake}
+            record: dict[str, object] = {"path": path, "prob_fake": outcome.prob_fake, "is_fake": outcome.is_fake,
+                                         "logit": outcome.logit}
         else:
             record = {"path": path, "error": outcome}
         return json.dumps(record, ensure_ascii=False)
@@ -193,7 +194,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "1: some failed; 2: server unreachable or model not ready.",
     )
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image files, or directories to walk recursively")
-    classify.add_argument("--url", default=defaults.url, help="gRPC endpoint HOST:PORT (default: %(default)s)")
+    classify.add_argument("--url", default=defaults.url,
+                          help="gRPC endpoint: HOST, HOST:PORT or grpc://HOST:PORT; port 8001 unless given "
+                               "(default: %(default)s)")
     classify.add_argument("--model", default=defaults.model_name, help="served model name (default: %(default)s)")
     classify.add_argument(
         "--timeout", type=_positive_float, default=defaults.timeout_s, metavar="S",

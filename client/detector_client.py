@@ -106,7 +106,8 @@ class ClientConfig:
     """Connection, timeout, retry and concurrency settings.
 
     Attributes:
-        url: gRPC endpoint, ``host:port``.
+        url: gRPC endpoint: ``host``, ``host:port`` or ``grpc://host:port`` (see ``normalize_url``; port 8001 by
+            default); stored as ``host:port``.
         model_name: the served ensemble.
         timeout_s: end-to-end limit of one request (each retry gets a fresh one), seconds.
         retries: how many times an UNAVAILABLE request is retried; 0 disables retries.
@@ -132,8 +133,7 @@ class ClientConfig:
     certificate_chain: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.url:
-            raise ValueError("url must be host:port, got an empty string")
+        object.__setattr__(self, "url", normalize_url(self.url))
         if not self.model_name:
             raise ValueError("model_name must not be empty")
         if self.timeout_s <= 0:
@@ -161,6 +161,47 @@ class ClientConfig:
             "private_key": self.private_key,
             "certificate_chain": self.certificate_chain,
         }
+
+
+DEFAULT_GRPC_PORT = 8001
+
+
+def normalize_url(url: str) -> str:
+    """The gRPC ``host:port`` of an endpoint given as ``host``, ``host:port``, ``grpc://host[:port]`` or
+    ``[ipv6]:port``; the port defaults to 8001 (Triton's gRPC port).
+
+    Raises:
+        ValueError: empty, an ``http(s)://`` URL (the client speaks gRPC, not Triton's HTTP/REST port), a path,
+            or a port that is not a number in 1..65535.
+    """
+    text = url.strip()
+    if not text:
+        raise ValueError("url must be host[:port], got an empty string")
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() in ("http", "https"):
+            raise ValueError(f"{url!r} is an HTTP URL, but this client speaks gRPC: give host:port of Triton's gRPC "
+                             f"endpoint (default port {DEFAULT_GRPC_PORT}; 8000 is its HTTP port), e.g. "
+                             f"{rest.split('/')[0].rsplit(':', 1)[0]}:{DEFAULT_GRPC_PORT}")
+        if scheme.lower() != "grpc":
+            raise ValueError(f"{url!r}: unknown scheme {scheme!r}; give host:port or grpc://host:port")
+        text = rest
+    if "/" in text.rstrip("/"):
+        raise ValueError(f"{url!r}: a gRPC endpoint is host:port, without a path")
+    text = text.rstrip("/")
+    if text.startswith("["):  # [ipv6] or [ipv6]:port
+        host, _, port = text.partition("]")
+        host, port = host + "]", port.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host or host == "[]":
+        raise ValueError(f"{url!r}: no host")
+    port = port or str(DEFAULT_GRPC_PORT)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{url!r}: the port must be a number in 1..65535, got {port!r}")
+    return f"{host}:{int(port)}"
 
 
 def error_from_triton(exc: InferenceServerException) -> DetectorClientError:

@@ -87,6 +87,10 @@ class ClusterConfig:
         install_nginx: apt-get install nginx when it is missing (needs root).
         ready_timeout_s: most seconds a replica may take to become ready.
         workers: nginx worker processes.
+        max_body_bytes: nginx's ``client_max_body_size``: a larger request is refused by the balancer (HTTP 413,
+            gRPC RESOURCE_EXHAUSTED / "413") before any replica buffers it. Triton has no such limit of its own,
+            and a payload it received stays in its memory and /dev/shm for good even when preprocess rejects it.
+            Default: the preprocess ``max_bytes`` (32 MiB) plus 1 MiB for the request's framing.
         restricted_api: the admin key every replica requires on its restricted APIs (one key for the cluster;
             default ``RestrictedAPI.default()``: $TRITON_ADMIN_KEY or a random key); None opens them.
     """
@@ -101,6 +105,7 @@ class ClusterConfig:
     fail_timeout_s: float = 5.0
     next_upstream_tries: int = 0  # 0: every replica may be tried once
     connect_timeout_s: float = 1.0
+    max_body_bytes: int = 33 * 1024 * 1024
     health_interval_s: float = 0.5
     restricted_api: RestrictedAPI | None = field(default_factory=RestrictedAPI.default)
     fall: int = 2
@@ -344,7 +349,7 @@ class NginxBalancer:
         return _NginxTemplate(TEMPLATE.read_text()).substitute(
             workers=c.workers, workdir=self.workdir, listen_host=c.listen_host, grpc_port=c.port,
             http_port=self.http_port, next_upstream_tries=c.next_upstream_tries,
-            connect_timeout=f"{c.connect_timeout_s:g}s",
+            connect_timeout=f"{c.connect_timeout_s:g}s", max_body_size=f"{c.max_body_bytes // 1024}k",
             grpc_servers=servers(lambda r: r.grpc_port), http_servers=servers(lambda r: r.http_port),
         )
 

@@ -94,7 +94,8 @@ def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == len(mixed_images)
     for record in records:
-        assert set(record) == {"path", "prob_fake", "is_fake"}
+        assert set(record) == {"path", "prob_fake", "is_fake", "logit"}
+        assert (record["prob_fake"] > 0.5) == (record["logit"] > 0)
         assert record["prob_fake"] == pytest.approx(_expected(triton_server.grpc_url, Path(record["path"]).read_bytes()),
                                                     abs=1e-6)
 

@@ -228,6 +228,25 @@ def test_config_defaults_and_validation():
         config.url = "elsewhere:1"  # frozen
 
 
+@pytest.mark.parametrize("given, expected", [
+    ("detector.internal", "detector.internal:8001"), ("10.0.0.7:9001", "10.0.0.7:9001"),
+    ("grpc://10.0.0.7:9001", "10.0.0.7:9001"), ("grpc://host", "host:8001"), ("GRPC://host:1/", "host:1"),
+    ("[::1]:8001", "[::1]:8001"), ("[::1]", "[::1]:8001"), (" host:8001 ", "host:8001"),
+])
+def test_url_forms(given: str, expected: str):
+    assert ClientConfig(url=given).url == expected
+
+
+@pytest.mark.parametrize("given, reason", [
+    ("http://127.0.0.1:8001", "speaks gRPC.*127.0.0.1:8001"), ("https://h:8000/v2", "speaks gRPC"),
+    ("", "empty"), ("host:port", "1..65535"), ("host:0", "1..65535"), ("host:70000", "1..65535"),
+    ("ftp://host", "unknown scheme"), ("host:8001/v2/models", "without a path"), (":8001", "no host"),
+])
+def test_url_forms_refused_with_the_reason(given: str, reason: str):
+    with pytest.raises(ValueError, match=reason):
+        ClientConfig(url=given)
+
+
 def test_tls_options_reach_the_grpc_client(tmp_path, monkeypatch):
     pems = {name: tmp_path / f"{name}.pem" for name in ("root_certificates", "private_key", "certificate_chain")}
     for path in pems.values():
@@ -307,7 +326,7 @@ def test_directory_walk_finds_images_recursively(tmp_path):
 
 def test_json_line_format():
     ok = json.loads(cli.format_result("dir/a.jpg", Prediction(prob_fake=0.25, is_fake=False, logit=-1.1), True))
-    assert ok == {"path": "dir/a.jpg", "prob_fake": 0.25, "is_fake": False}
+    assert ok == {"path": "dir/a.jpg", "prob_fake": 0.25, "is_fake": False, "logit": -1.1}
     assert isinstance(ok["prob_fake"], float) and isinstance(ok["is_fake"], bool)
     bad = cli.describe_error(InvalidImageError(BAD_IMAGE_REASON, "StatusCode.INVALID_ARGUMENT"))
     line = cli.format_result("b.png", bad, True)

@@ -107,6 +107,54 @@ def test_calls_spread_over_replicas(cluster: Cluster):
     assert all(10 <= c <= 30 for c in counts), result.per_replica  # round robin: about half each
 
 
+def _replica_memory(cluster: Cluster) -> tuple[int, int]:
+    """(resident bytes of every replica's server and stubs, bytes of their /dev/shm regions)."""
+    servers = [r.server for r in cluster.replicas if r.server is not None]
+    return (sum(s.rss_bytes() for s in servers),
+            sum(os.path.getsize(f) for s in servers for f in s.shm_files() if os.path.exists(f)))
+
+
+def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: Cluster):
+    """50 payloads of 34 MiB (over the 32 MiB max_bytes plus framing) through the balancer, as an outsider sends
+    them: raw tritonclient over gRPC, and plain HTTP. nginx refuses each; the replicas' memory and /dev/shm stay
+    within 10 % of their level before, and good requests are answered meanwhile."""
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    good = _payloads(1)[0]
+
+    def infer(client, payload: bytes):
+        tensor = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[payload]], dtype=object))
+        return client.infer("deepfake_detector", [tensor])
+
+    oversized = b"\0" * (34 * 1024 * 1024)
+    with grpcclient.InferenceServerClient(cluster.grpc_url) as raw:
+        infer(raw, good)  # the regions a normal request needs, before the baseline
+        rss_before, shm_before = _replica_memory(cluster)
+        refusals = []
+        for _ in range(45):
+            with pytest.raises(grpcclient.InferenceServerException) as caught:
+                infer(raw, oversized)
+            refusals.append(str(caught.value))
+        assert infer(raw, good).as_numpy("PROB_FAKE").shape == (1, 1)
+    for _ in range(5):
+        request = urllib.request.Request(f"http://{cluster.http_url}/v2/models/deepfake_detector/infer",
+                                         data=oversized, method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        with pytest.raises(urllib.error.HTTPError) as http_caught:
+            urllib.request.urlopen(request, timeout=60)
+        assert http_caught.value.code == 413
+    rss_after, shm_after = _replica_memory(cluster)
+    print(f"50 oversized requests: replicas' RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, /dev/shm "
+          f"{shm_before / 2**20:.0f} -> {shm_after / 2**20:.0f} MiB; gRPC error: {refusals[0][:120]}")
+    assert all("413" in r or "RESOURCE_EXHAUSTED" in r.upper() or "too large" in r.lower() for r in refusals), refusals[:3]
+    assert rss_after <= 1.1 * rss_before and shm_after <= 1.1 * shm_before
+
+
 def test_perf_runs_unchanged_through_the_balancer(cluster: Cluster, tmp_path: Path):
     out = tmp_path / "perf.json"
     proc = subprocess.run(
