@@ -151,6 +151,36 @@ def test_dataset_ojha_layout_and_generator_filter(small_dataset: Path) -> None:
         RealFakeDataset(small_dataset, "nope")
 
 
+def test_layout_errors_say_what_was_expected_and_what_was_found(tmp_path: Path) -> None:
+    """A user's own data in the common real/ + fake/ shape: the error names the expected layout and the fix."""
+    for name in ("real", "fake"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.jpg").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError) as caught:
+        RealFakeDataset(tmp_path, "training")
+    message = str(caught.value)
+    assert "no split 'training'" in message and "['fake', 'real']" in message
+    assert "<split>/[<generator>/]{0_real,1_fake}" in message and "rename real/ to 0_real/" in message
+    with pytest.raises(FileNotFoundError, match="rename real/ to 0_real/"):
+        scan_samples(tmp_path)
+    # The training command: a clear error, exit status 2, and no run folder left behind as if it had started.
+    from training.train import main as train_main
+
+    run = tmp_path / "runs" / "mine"
+    assert train_main(["--data", str(tmp_path), "--out", str(run), "--backbone", "efficientnet_lite0"]) == 2
+    assert not run.exists()
+
+
+def test_training_help_shows_every_default() -> None:
+    from training.train import get_args_parser
+
+    options = " ".join(get_args_parser().format_help().split()).split("options:", 1)[1]
+    for flag, default in (("--epochs", TrainConfig.epochs), ("--mask-ratio", TrainConfig.mask_ratio),
+                          ("--lr", TrainConfig.lr)):
+        described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {default})" in described, (flag, described)
+
+
 def test_training_transforms_pad_crop_blur_jpeg() -> None:
     rng = np.random.default_rng(0)
     small = np.full((20, 30, 3), 200, dtype=np.uint8)
@@ -202,3 +232,25 @@ def test_short_training_beats_chance_and_writes_calibrated_checkpoint(small_data
     assert false_positive_rate(real, metadata.threshold.value) <= 0.05
     recorded = metadata.metrics["val_at_threshold"]["fpr"]
     assert abs(recorded - false_positive_rate(real, metadata.threshold.value)) <= 1.0 / len(real)
+
+
+def test_readme_training_flags_match_the_parser() -> None:
+    """Every flag of the README's `train` row exists, and takes a value exactly when the README shows one."""
+    import re
+
+    from training.train import get_args_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| train | ")]
+    actions = {opt: a for a in get_args_parser()._actions for opt in a.option_strings}
+    shown = 0
+    for group in re.findall(r"\[([^\]]+)\]", row) + ["--data DIR", "--out RUN_DIR"]:
+        for alternative in group.replace("\\|", "|").split(" | "):
+            words = alternative.split()
+            if not words or not words[0].startswith("--"):
+                continue
+            flag, takes_value = words[0], len(words) > 1 and not words[1].startswith("--")
+            assert flag in actions, f"README flag {flag} is not a training.train flag"
+            assert (actions[flag].nargs != 0) == takes_value, f"README shows {flag} {'with' if takes_value else 'without'} a value"
+            shown += 1
+    assert shown >= 15

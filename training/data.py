@@ -99,8 +99,22 @@ def scan_samples(root: str | Path, generators: tuple[str, ...] | None = None) ->
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
         ]
     if not samples:
-        raise FileNotFoundError(f"no images in {REAL_DIR}/ or {FAKE_DIR}/ folders under {root}")
+        raise FileNotFoundError(f"no images in {REAL_DIR}/ or {FAKE_DIR}/ folders under {root}. {layout_hint(root)}")
     return samples
+
+
+EXPECTED_LAYOUT = (f"expected ROOT/<split>/[<generator>/]{{{REAL_DIR},{FAKE_DIR}}}/<images>, with splits training/ and "
+                   f"validation/ (and testing/ to evaluate): {REAL_DIR}/ holds real photos, {FAKE_DIR}/ generated ones")
+
+
+def layout_hint(root: Path) -> str:
+    """What the expected layout is, and what to change when ``root`` looks like a common other one."""
+    names = {p.name.lower(): p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    hint = EXPECTED_LAYOUT
+    if {"real", "fake"} & set(names):
+        hint += (f". Found {sorted(names.values())}: rename real/ to {REAL_DIR}/ and fake/ to {FAKE_DIR}/, and put "
+                 f"them under training/ and validation/ (sources of photos kept apart between the two)")
+    return hint
 
 
 def resolve_split(root: str | Path, split: str | None) -> Path:
@@ -111,7 +125,7 @@ def resolve_split(root: str | Path, split: str | None) -> Path:
     path = root / split
     if not path.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise FileNotFoundError(f"no split {split!r} in {root}; found: {found}")
+        raise FileNotFoundError(f"no split {split!r} in {root}; found: {found}. {layout_hint(root)}")
     return path
 
 

@@ -550,7 +550,8 @@ def _numbers(kind: type, values: list[str]) -> tuple:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="checkpoint directory (model.safetensors + metadata.json)")
     parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout: testing/<generator>/)")

@@ -479,6 +479,14 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         if state["world_size"] != ctx.world_size:
             raise ValueError(f"{last_path} was trained by {state['world_size']} processes, this run has "
                              f"{ctx.world_size}; resume with the same number")
+    amp = config.amp and device.type == "cuda"
+    augment = Augment(blur_prob=config.blur_prob, jpeg_prob=config.jpeg_prob)
+    train_set = RealFakeDataset(config.data, config.train_split, config.image_size, train=True, augment=augment,
+                                seed=config.seed)
+    val_set = RealFakeDataset(config.data, config.val_split, config.image_size, train=False)
+    if len(set(val_set.labels.tolist())) < 2:
+        raise ValueError(f"validation split {val_set.root} needs both real and fake images")
+    # The run folder is written only once its data is known to load: a failed start leaves nothing behind.
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -487,14 +495,6 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
             if state is None and (out / stale).exists():
                 (out / stale).unlink()
     _barrier(ctx)
-
-    amp = config.amp and device.type == "cuda"
-    augment = Augment(blur_prob=config.blur_prob, jpeg_prob=config.jpeg_prob)
-    train_set = RealFakeDataset(config.data, config.train_split, config.image_size, train=True, augment=augment,
-                                seed=config.seed)
-    val_set = RealFakeDataset(config.data, config.val_split, config.image_size, train=False)
-    if len(set(val_set.labels.tolist())) < 2:
-        raise ValueError(f"validation split {val_set.root} needs both real and fake images")
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
     train_loader = _loader(train_set, config, sampler, drop_last=len(sampler) > config.batch_size)
@@ -748,7 +748,8 @@ def _choices(enum: type[Enum]) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=None,
                         help="dataset root (Wang layout: training/, validation/); required unless --resume")
     parser.add_argument("--out", type=Path, default=None,
