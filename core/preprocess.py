@@ -22,8 +22,20 @@ DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with preview images after the first; the first is the photo
 
 
+# The kinds of rejection, for counting (the served preprocess model's fmdetect_preprocess_rejected_requests_total).
+REJECTION_REASONS = ("empty", "too_large", "too_many_pixels", "unsupported_format", "unrecognised", "truncated",
+                     "bomb", "corrupt")
+
+
 class ImageDecodeError(ValueError):
-    """An image that cannot be turned into a detector input; the message says why."""
+    """An image that cannot be turned into a detector input; the message says why, ``reason`` names the kind
+    (one of ``REJECTION_REASONS``)."""
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ def _decode_errors() -> Iterator[None]:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb rejected: {exc}") from None
+        raise ImageDecodeError(f"decompression bomb rejected: {exc}", "bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - hostile bytes can make a plugin raise anything (struct.error, ...)
@@ -135,25 +147,27 @@ def _decode_errors() -> Iterator[None]:
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     """The image's header, read by Pillow's plugins for ``limits.formats`` only, with every limit checked."""
     if data is None or len(data) == 0:
-        raise ImageDecodeError("empty payload: no image bytes")
+        raise ImageDecodeError("empty payload: no image bytes", "empty")
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
+        raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes", "too_large")
     try:
         img = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError:
         fmt = _sniff_format(bytes(data[:16]))
         if fmt is not None and fmt not in limits.formats:
-            raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}") from None
-        raise ImageDecodeError("not a recognised image (corrupt data or unknown format)") from None
+            raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}",
+                                   "unsupported_format") from None
+        raise ImageDecodeError("not a recognised image (corrupt data or unknown format)", "unrecognised") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
-        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels")
+        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels",
+                               "too_many_pixels")
     if img.format in _JPEG_FORMATS and width * height > limits.max_jpeg_pixels_per_byte * len(data):
         raise ImageDecodeError(
             f"JPEG header claims {width}x{height} pixels but only {len(data)} bytes were sent (more than "
-            f"{limits.max_jpeg_pixels_per_byte} pixels per byte): truncated or lying header")
+            f"{limits.max_jpeg_pixels_per_byte} pixels per byte): truncated or lying header", "truncated")
     return img
 
 
@@ -231,7 +245,7 @@ def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.nda
     except OSError as exc:
         if "premature end" in str(exc).lower():
             raise ImageDecodeError(
-                f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})") from None
+                f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})", "truncated") from None
         return None
     with Image.open(io.BytesIO(region.jpeg), formats=["JPEG"]) as part:
         part.load()

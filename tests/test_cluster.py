@@ -155,6 +155,25 @@ def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: C
     assert rss_after <= 1.1 * rss_before and shm_after <= 1.1 * shm_before
 
 
+def test_a_cut_chunked_body_is_dropped_by_the_balancer(cluster: Cluster):
+    """A request whose chunked body stops mid-way: Triton alone holds it open for good
+    (tests/test_hardening_protocol.py); nginx's client_body_timeout (10 s) answers 408 and closes it."""
+    import socket
+
+    host, port = cluster.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(b"POST /v2/models/deepfake_detector/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                    b"Content-Type: application/json\r\n\r\n10\r\n{\"inputs\": [")
+        began = time.monotonic()
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+        waited = time.monotonic() - began
+    print(f"cut chunked body: closed after {waited:.1f} s with {answer[:40]!r}")
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer[:200]
+    assert 9.0 <= waited <= 25.0
+
+
 def test_perf_runs_unchanged_through_the_balancer(cluster: Cluster, tmp_path: Path):
     out = tmp_path / "perf.json"
     proc = subprocess.run(

@@ -23,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from core.jpeg import region_reader
 from core.metadata import DetectorMetadata
-from core.preprocess import DecodeLimits, ImageDecodeError, preprocess_image
+from core.preprocess import REJECTION_REASONS, DecodeLimits, ImageDecodeError, preprocess_image
 
 
 def _parameters(model_config):
@@ -69,6 +69,15 @@ class TritonPythonModel:
         # the server log with them. The failures that matter reach the client as INVALID_ARG instead.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         self.logger = pb_utils.Logger
+        # Triton's own counters cannot count rejections: the python backend records a request answered with an
+        # error as a success of this model, and the ensemble's failure counter counts each failed request twice
+        # (2.51). This counter is the one to alert on.
+        self.rejected_family = pb_utils.MetricFamily(  # kept: its metrics die with it
+            name="fmdetect_preprocess_rejected_requests_total",
+            description="requests the preprocess stage rejected (INVALID_ARG), by reason",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.rejected = {reason: self.rejected_family.Metric(labels={"reason": reason})
+                         for reason in REJECTION_REASONS}
         reader = region_reader()
         jpeg = f"centre regions read with {reader.path}" if reader is not None else "decoded whole (no libturbojpeg)"
         self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}, "
@@ -82,7 +91,7 @@ class TritonPythonModel:
                 images.append(preprocess_image(bytes(item), self.metadata.input_size, self.limits))
             except ImageDecodeError as exc:
                 where = f"image {index} of {len(payload)}: " if len(payload) > 1 else ""
-                raise ImageDecodeError(f"{where}{exc}") from None
+                raise ImageDecodeError(f"{where}{exc}", exc.reason) from None
         return np.stack(images)
 
     def execute(self, requests):
@@ -93,6 +102,7 @@ class TritonPythonModel:
                 image = future.result()
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("IMAGE", image)]))
             except ImageDecodeError as exc:
+                self.rejected[exc.reason].increment(1)
                 responses.append(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
                 )
@@ -107,3 +117,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=True)
+        self.rejected.clear()  # the metrics before their family
