@@ -166,10 +166,19 @@ class PoolEvent:
 
 
 # ------------------------------------------------------------------------------------------------ network
+class NamespacesNotPermitted(ClusterError):
+    """This machine does not let the launcher make network namespaces: no ``ip`` command, or EPERM (no
+    CAP_NET_ADMIN, a sandbox). The one failure the cluster falls back to loopback ports for."""
+
+
+_NOT_PERMITTED = ("Operation not permitted", "Permission denied")
+
+
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise ClusterError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        error = NamespacesNotPermitted if any(m in result.stderr for m in _NOT_PERMITTED) else ClusterError
+        raise error(f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
 
 
@@ -216,10 +225,11 @@ class NamespaceNetwork:
         """Create the network; returns (namespace, address) per replica.
 
         Raises:
-            ClusterError: a step failed (what was created so far is still recorded for ``delete``).
+            NamespacesNotPermitted: no ``ip`` command, or a step was refused with EPERM.
+            ClusterError: any other failure of a step (what was created so far is still recorded for ``delete``).
         """
         if shutil.which("ip") is None:
-            raise ClusterError("the 'ip' command (iproute2) is missing")
+            raise NamespacesNotPermitted("the 'ip' command (iproute2) is missing")
         self.subnet = free_subnet()
         hosts = list(self.subnet.hosts())
         gateway, prefix = hosts[0], self.subnet.prefixlen
@@ -559,7 +569,7 @@ class Cluster:
             self.network = network
             try:
                 placed = network.create(c.replicas)
-            except (ClusterError, OSError) as exc:
+            except NamespacesNotPermitted as exc:  # any other failure is a bug to see, not to route around
                 network.delete()
                 self.network = None
                 if c.network is NetworkMode.NAMESPACES:

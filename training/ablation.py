@@ -6,9 +6,10 @@ seeds of AP and calibrated accuracy on the UNSEEN families, plus the test-time m
 in ``OUT/runs/<config>/seed<k>``: rerunning the command only does what is missing.
 
 A finished run's evaluation is also kept in the results store (``--results``, committed: ``docs/ablation/runs``),
-keyed by the content of the benchmark it was measured on and the flags that trained it. The ablation takes days of
-a 2-core machine, so it is completed across machines: a run already in the store for the same benchmark content and
-flags is not trained again.
+keyed by the benchmark it was measured on (its build configuration and photos) and the flags that trained it. The
+ablation takes days of a 2-core machine, so it is completed across machines: a run already in the store for the
+same benchmark and flags is not trained again. Each record also names the build's content fingerprint (each
+machine's build is one draw: the generators it trains come out different), and the report lists the draws.
 
 Example::
 
@@ -72,7 +73,8 @@ class AblationConfig:
     seen_families: tuple[str, ...]
     test_time_masks: tuple[int, ...]
     results: Path | None = RESULTS_STORE
-    benchmark: str = ""  # benchmark_fingerprint(data)
+    benchmark: str = ""  # benchmark_identity(data): the key of stored runs
+    build: str = ""  # benchmark_fingerprint(data): which draw of it this machine has
 
 
 def _run(args: list[str]) -> None:
@@ -84,14 +86,28 @@ def seen_families(data: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in (data / "training").iterdir() if p.is_dir()))
 
 
+def _manifest(data: Path) -> dict:
+    from training.benchmark.build import DATASET_FILE
+
+    return json.loads((Path(data) / DATASET_FILE).read_text())
+
+
+def benchmark_identity(data: Path) -> str:
+    """SHA-256 of what a benchmark is built FROM: its build configuration and the photos (each by hash). Two
+    builds of the same command share it. Their images need not be bit-identical: the generators are trained by
+    the build, and float arithmetic differs between CPUs, so each machine's build is one draw of the same
+    benchmark (``benchmark_fingerprint`` tells the draws apart)."""
+    manifest = _manifest(data)
+    identity = {"layout": manifest.get("layout"), "config": manifest["config"],
+                "photos": sorted(p["sha256"] for p in manifest["photos"])}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def benchmark_fingerprint(data: Path) -> str:
     """SHA-256 over every file of a built benchmark (its ``dataset.json`` records, path and bytes): two builds
     share a fingerprint only when every image is the same."""
-    from training.benchmark.build import DATASET_FILE
-
-    manifest = json.loads((Path(data) / DATASET_FILE).read_text())
     digest = hashlib.sha256()
-    for path in sorted(record["path"] for record in manifest["files"]):
+    for path in sorted(record["path"] for record in _manifest(data)["files"]):
         digest.update(path.encode() + b"\0" + hashlib.sha256((Path(data) / path).read_bytes()).digest())
     return digest.hexdigest()
 
@@ -101,14 +117,15 @@ def stored_run_path(results: Path, masking: MaskingConfig, seed: int) -> Path:
 
 
 def run_key(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict:
-    """What a stored run must match to stand for this one: the benchmark's content and every training flag."""
+    """What a stored run must match to stand for this one: the benchmark's identity and every training flag."""
     return {"benchmark": cfg.benchmark, "config": masking.name, "seed": seed,
             "train_flags": [*masking.flags, *cfg.train_flags],
             "test_time_masks": list(cfg.test_time_masks) if masking.name == REFERENCE else [0]}
 
 
-def stored_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict | None:
-    """The stored evaluation of this run, or None when the store has none for the same key."""
+def stored_record(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict | None:
+    """The stored record of this run (key, build, provenance, metrics), or None when the store has none for the
+    same key."""
     if cfg.results is None:
         return None
     path = stored_run_path(cfg.results, masking, seed)
@@ -118,14 +135,19 @@ def stored_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> di
     if record.get("key") != run_key(cfg, masking, seed):
         logger.warning("%s was measured on another benchmark or with other flags: run again", path)
         return None
-    return record["metrics"]
+    return record
+
+
+def stored_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict | None:
+    record = stored_record(cfg, masking, seed)
+    return None if record is None else record["metrics"]
 
 
 def store_metrics(cfg: AblationConfig, masking: MaskingConfig, seed: int, metrics: dict, provenance: str) -> Path:
     """Keep a finished run's evaluation in the results store, under its key."""
     path = stored_run_path(cfg.results, masking, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"key": run_key(cfg, masking, seed), "provenance": provenance, "metrics": metrics}
+    record = {"key": run_key(cfg, masking, seed), "build": cfg.build, "provenance": provenance, "metrics": metrics}
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path
 
@@ -276,8 +298,11 @@ def run(cfg: AblationConfig) -> dict:
                   flush=True)
             results.setdefault(masking.name, []).append(train_and_evaluate(cfg, masking, seed))
     rows = summarise(cfg, results)
+    builds = sorted({(stored_record(cfg, m, seed) or {}).get("build") or cfg.build
+                     for m in cfg.configs for seed in cfg.seeds})
     report = {"seen_families": list(cfg.seen_families), "seeds": list(cfg.seeds),
-              "train_flags": list(cfg.train_flags), "configs": rows, "test_time_masking": test_time_masking(results)}
+              "train_flags": list(cfg.train_flags), "benchmark": cfg.benchmark, "builds": builds,
+              "configs": rows, "test_time_masking": test_time_masking(results)}
     (cfg.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     table = "\n\n".join(part for part in (
         markdown_table(rows, cfg.configs), per_family_table(rows, cfg.configs, cfg.seen_families),
@@ -325,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         train_flags=tuple(args.train_flags.split()), seen_families=seen_families(args.data),
         test_time_masks=tuple(int(k) for k in args.test_time_masks.split(",")),
         results=None if args.no_results else args.results,
-        benchmark=benchmark_fingerprint(args.data),
+        benchmark=benchmark_identity(args.data), build=benchmark_fingerprint(args.data),
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
     run(cfg)
