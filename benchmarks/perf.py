@@ -201,8 +201,9 @@ def load_payloads(cfg: PerfConfig) -> list[Payload]:
     return generate(cfg.payload_profile, cfg.num_images, size=cfg.image_size, fmt=cfg.payload)
 
 
-def check_ready(url: str, protocol: Protocol, model: str) -> None:
-    """Fails in one line when the server cannot be reached or does not serve ``model`` ready."""
+def check_ready(url: str, protocol: Protocol, model: str, admin_key: tuple[str, str] | None = None) -> None:
+    """Fails in one line when the server cannot be reached or does not serve ``model`` ready; the models it does
+    serve are listed when ``admin_key`` opens its repository API (restricted by default)."""
     if protocol is Protocol.GRPC:
         import tritonclient.grpc as module
     else:
@@ -216,13 +217,21 @@ def check_ready(url: str, protocol: Protocol, model: str) -> None:
         raise SystemExit(f"error: the server at {url} is not live")
     try:
         ready = client.is_model_ready(model)
-        index = client.get_model_repository_index()
     except Exception as exc:  # noqa: BLE001
         raise SystemExit(f"error: the server at {url} did not answer for model {model!r}: {exc}") from None
     if not ready:
-        names = sorted({(m["name"] if isinstance(m, dict) else m.name) for m in
-                        (index if isinstance(index, list) else index.models)})
-        raise SystemExit(f"error: model {model!r} is not ready at {url}; it serves: {', '.join(names) or 'none'}")
+        headers = {}
+        if admin_key is not None:
+            header, value = admin_key
+            headers = {f"triton-grpc-protocol-{header}" if protocol is Protocol.GRPC else header: value}
+        try:
+            index = client.get_model_repository_index(headers=headers)
+            names = sorted({(m["name"] if isinstance(m, dict) else m.name) for m in
+                            (index if isinstance(index, list) else index.models)})
+            serves = f"it serves: {', '.join(names) or 'none'}"
+        except Exception:  # noqa: BLE001 - the repository API is restricted without the admin key
+            serves = "its model list needs the admin key ($TRITON_ADMIN_KEY)"
+        raise SystemExit(f"error: model {model!r} is not ready at {url}; {serves}")
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
@@ -401,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, admin_key=(restricted.header, restricted.value) if restricted else None)
         url = server.grpc_url if cfg.protocol is Protocol.GRPC else server.http_url
     else:
-        check_ready(url, cfg.protocol, cfg.model)
+        check_ready(url, cfg.protocol, cfg.model, cfg.admin_key)
     runs: list[RunRecord] = []
     extra: dict = {"payloads": payload_description}
     try:

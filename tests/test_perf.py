@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ SHORT = ["--window", "1", "--warmup", "0.5", "--duration", "4", "--num-images", 
          "--image-size", "128"]
 
 
-def _perf(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _perf(*args: str, timeout: int = 600, env: dict[str, str] | None = None,
+          ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -79,15 +82,21 @@ def test_bad_arguments_fail_in_one_line(args, message):
 def test_unreachable_server_and_unknown_model_fail_before_measuring(triton_server):
     from triton_repo.server import free_port
 
-    for args, message in ((["--url", f"127.0.0.1:{free_port()}"], "error: no Triton server at"),
-                          (["--url", triton_server.grpc_url, "--model", "nosuch"],
-                           "error: model 'nosuch' is not ready")):
+    key = {"TRITON_ADMIN_KEY": triton_server.config.restricted_api.value}
+    for args, message, env in ((["--url", f"127.0.0.1:{free_port()}"], "error: no Triton server at", {}),
+                               (["--url", triton_server.grpc_url, "--model", "nosuch"],
+                                "error: model 'nosuch' is not ready", {}),
+                               (["--url", triton_server.grpc_url, "--model", "nosuch"],
+                                "error: model 'nosuch' is not ready", key)):
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), *args, *SHORT, "--json", "",
-                               "--csv", "", "--plot", ""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                               "--csv", "", "--plot", ""], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                              env={**os.environ, **env})
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), lines
         assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout  # the payload line only: nothing measured
+        if args[-1] == "nosuch" and not env:
+            assert "needs the admin key" in lines[0]  # the repository API is restricted by default
     lines = proc.stderr.strip().splitlines()
     assert "deepfake_detector" in lines[0]  # says what the server does serve
 
@@ -110,9 +119,14 @@ def test_http_and_shared_memory(triton_server, tmp_path):
     assert run["protocol"] == "http" and run["batch_size"] == 2 and run["errors"] == 0
     # The server, not the harness, says each request carried two images: the ensemble's inferences per execution.
     assert run["server"]["deepfake_detector"]["avg_batch"] == pytest.approx(2.0)
+    # The shared-memory API is behind the admin key: without it the run fails at registration, which also shows
+    # that this run's inputs do travel through shared memory; with it they are answered.
     path = tmp_path / "shm.json"
-    _perf("--url", triton_server.grpc_url, "--shared-memory", "system", "--concurrency", "1", *SHORT,
-          "--json", str(path), "--csv", "", "--plot", "")
+    shm = ("--url", triton_server.grpc_url, "--shared-memory", "system", "--concurrency", "1", *SHORT,
+           "--json", str(path), "--csv", "", "--plot", "")
+    denied = _perf(*shm, ok=False)
+    assert denied.returncode != 0 and "restricted" in denied.stdout + denied.stderr
+    _perf(*shm, env={"TRITON_ADMIN_KEY": triton_server.config.restricted_api.value})
     (run,) = json.loads(path.read_text())["runs"]
     assert run["errors"] == 0 and run["samples"] > 10
 
