@@ -136,7 +136,7 @@ def _chunks(items: Sequence[InputFile], size: int) -> Iterator[Sequence[InputFil
 def classify_inputs(detector: DetectorClient, inputs: Sequence[InputFile], as_json: bool, out: TextIO) -> int:
     """Classify ``inputs`` in bounded chunks (so memory stays flat), writing one line each; returns failures."""
     failures = 0
-    chunk_size = max(64, 4 * detector.config.max_in_flight)
+    chunk_size = max(64, 4 * detector.config.max_in_flight * detector.config.batch_size)
     for chunk in _chunks(inputs, chunk_size):
         payloads = [read_input(item) for item in chunk]
         to_send = [payload for payload in payloads if isinstance(payload, bytes)]
@@ -211,6 +211,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="requests in flight at once (default: %(default)s)",
     )
     classify.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size, metavar="N",
+        help="images per request, at most 64; a request holding a bad image is retried image by image "
+             "(default: %(default)s)",
+    )
+    classify.add_argument(
         "--retries", type=_non_negative_int, default=defaults.retries, metavar="N",
         help="retries of a request the server answers UNAVAILABLE (default: %(default)s)",
     )
@@ -231,6 +236,7 @@ def _config_from_args(args: argparse.Namespace) -> ClientConfig:
         timeout_s=args.timeout,
         retries=args.retries,
         max_in_flight=args.concurrency,
+        batch_size=args.batch_size,
         ssl=args.ssl or any(path is not None for path in tls_files),
         root_certificates=args.root_certificates,
         private_key=args.private_key,

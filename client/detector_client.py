@@ -114,6 +114,9 @@ class ClientConfig:
         backoff_base_s: the first retry waits up to this long; each further retry doubles the ceiling.
         backoff_max_s: ceiling of any single wait; the actual wait is uniform in [0, ceiling] (full jitter).
         max_in_flight: most requests outstanding at once per client.
+        batch_size: images per request in ``classify_many`` (the server batches up to 64; 1: one request each).
+            A request with a bad image fails as a whole, so its images are then sent one by one: each bad image
+            gets its own error and the others their scores.
         ssl: use a TLS channel.
         root_certificates: PEM file of the root certificates; None uses gRPC's default roots.
         private_key: PEM file of the client's private key (mutual TLS).
@@ -127,6 +130,7 @@ class ClientConfig:
     backoff_base_s: float = 0.1
     backoff_max_s: float = 2.0
     max_in_flight: int = 16
+    batch_size: int = 8
     ssl: bool = False
     root_certificates: str | None = None
     private_key: str | None = None
@@ -146,6 +150,8 @@ class ClientConfig:
             )
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be in 1..{MAX_BATCH} (the server's max_batch_size), got {self.batch_size}")
         tls_files = (self.root_certificates, self.private_key, self.certificate_chain)
         if not self.ssl and any(path is not None for path in tls_files):
             raise ValueError("root_certificates, private_key and certificate_chain need ssl=True")
@@ -290,31 +296,36 @@ def _as_bytes(image: bytes | bytearray | memoryview) -> bytes:
     raise TypeError(f"an image must be the encoded file's bytes, got {type(image).__name__}")
 
 
-def _build_request(image: bytes) -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput]]:
-    """One image -> the ``IMAGE_BYTES`` [1, 1] BYTES input and the requested outputs (sync and aio share them)."""
-    data = np.array([image], dtype=object).reshape(-1, 1)
+MAX_BATCH = 64  # the served models' max_batch_size
+
+
+def _build_request(images: list[bytes]) -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput]]:
+    """Images -> the ``IMAGE_BYTES`` [n, 1] BYTES input and the requested outputs (sync and aio share them)."""
+    data = np.array(images, dtype=object).reshape(-1, 1)
     infer_input = grpcclient.InferInput(INPUT_NAME, list(data.shape), "BYTES")
     infer_input.set_data_from_numpy(data)
     return [infer_input], [grpcclient.InferRequestedOutput(name) for name in OUTPUT_NAMES]
 
 
-def _parse_result(result: Any) -> Prediction:
-    """First row of an ``InferResult`` -> ``Prediction``.
+def _parse_results(result: Any, count: int) -> list[Prediction]:
+    """The ``count`` rows of an ``InferResult`` -> one ``Prediction`` each.
 
     Raises:
-        InferenceError: an output is missing or empty.
+        InferenceError: an output is missing or has another number of rows.
     """
     values = {}
     for name in OUTPUT_NAMES:
         array = result.as_numpy(name)
-        if array is None or array.size == 0:
-            raise InferenceError(f"the server's response lacks output {name}")
-        values[name] = array.reshape(-1)[0]
-    return Prediction(
-        prob_fake=float(values[OUTPUT_PROB]),
-        is_fake=bool(values[OUTPUT_IS_FAKE]),
-        logit=float(values[OUTPUT_LOGIT]),
-    )
+        if array is None or array.size != count:
+            raise InferenceError(f"the server's response has {0 if array is None else array.size} rows of output "
+                                 f"{name}, expected {count}")
+        values[name] = array.reshape(-1)
+    return [Prediction(prob_fake=float(values[OUTPUT_PROB][i]), is_fake=bool(values[OUTPUT_IS_FAKE][i]),
+                       logit=float(values[OUTPUT_LOGIT][i])) for i in range(count)]
+
+
+def _batches(payloads: list[bytes], size: int) -> list[list[bytes]]:
+    return [payloads[i : i + size] for i in range(0, len(payloads), size)]
 
 
 def _check_tls_files(config: ClientConfig) -> None:
@@ -437,23 +448,31 @@ class DetectorClient:
             InferenceError: any other failure.
         """
         self._check_open()
-        inputs, outputs = _build_request(_as_bytes(image))
+        return self._classify_batch([_as_bytes(image)])[0]
+
+    def _classify_batch(self, images: list[bytes]) -> list[Prediction]:
+        inputs, outputs = _build_request(images)
         result = _call_with_retries(
             lambda: self._client.infer(
                 self._config.model_name, inputs, outputs=outputs, client_timeout=self._config.timeout_s
             ),
             self._config,
         )
-        return _parse_result(result)
+        return _parse_results(result, len(images))
 
-    def _classify_or_error(self, image: bytes) -> Prediction | DetectorClientError:
+    def _batch_or_errors(self, images: list[bytes]) -> list[Prediction | DetectorClientError]:
         try:
-            return self.classify(image)
+            return list(self._classify_batch(images))
+        except InvalidImageError as error:
+            if len(images) == 1:
+                return [error]
         except DetectorClientError as error:
-            return error
+            return [error] * len(images)
+        return [outcome for image in images for outcome in self._batch_or_errors([image])]  # isolate the bad one
 
     def classify_many(self, images: Iterable[bytes]) -> list[Prediction | DetectorClientError]:
-        """Classify many images, one request each, up to ``max_in_flight`` at once.
+        """Classify many images, ``batch_size`` per request, up to ``max_in_flight`` requests at once; a request
+        that holds a bad image is sent again one image per request, so only that image fails.
 
         Returns:
             One entry per image, in input order: its ``Prediction`` or the ``DetectorClientError`` it failed with.
@@ -469,7 +488,8 @@ class DetectorClient:
                     max_workers=self._config.max_in_flight, thread_name_prefix="detector-client"
                 )
             pool = self._pool
-        return list(pool.map(self._classify_or_error, payloads))
+        batches = _batches(payloads, self._config.batch_size)
+        return [outcome for outcomes in pool.map(self._batch_or_errors, batches) for outcome in outcomes]
 
 
 class AsyncDetectorClient:
@@ -550,8 +570,11 @@ class AsyncDetectorClient:
             RequestTimeoutError: no answer within ``timeout_s``.
             InferenceError: any other failure.
         """
+        return (await self._classify_batch([_as_bytes(image)]))[0]
+
+    async def _classify_batch(self, images: list[bytes]) -> list[Prediction]:
         client = self._grpc()
-        inputs, outputs = _build_request(_as_bytes(image))
+        inputs, outputs = _build_request(images)
         async with self._semaphore:
             result = await _acall_with_retries(
                 lambda: client.infer(
@@ -559,22 +582,30 @@ class AsyncDetectorClient:
                 ),
                 self._config,
             )
-        return _parse_result(result)
+        return _parse_results(result, len(images))
 
-    async def _classify_or_error(self, image: bytes) -> Prediction | DetectorClientError:
+    async def _batch_or_errors(self, images: list[bytes]) -> list[Prediction | DetectorClientError]:
         try:
-            return await self.classify(image)
+            return list(await self._classify_batch(images))
+        except InvalidImageError as error:
+            if len(images) == 1:
+                return [error]
         except DetectorClientError as error:
-            return error
+            return [error] * len(images)
+        singles = await asyncio.gather(*(self._batch_or_errors([image]) for image in images))
+        return [outcome for outcomes in singles for outcome in outcomes]
 
     async def classify_many(self, images: Iterable[bytes]) -> list[Prediction | DetectorClientError]:
-        """Classify many images, one request each, up to ``max_in_flight`` at once.
+        """Classify many images, ``batch_size`` per request, up to ``max_in_flight`` requests at once; a request
+        that holds a bad image is sent again one image per request, so only that image fails.
 
         Returns:
             One entry per image, in input order: its ``Prediction`` or the ``DetectorClientError`` it failed with.
         """
         payloads = [_as_bytes(image) for image in images]
-        return list(await asyncio.gather(*(self._classify_or_error(image) for image in payloads)))
+        batches = _batches(payloads, self._config.batch_size)
+        results = await asyncio.gather(*(self._batch_or_errors(batch) for batch in batches))
+        return [outcome for outcomes in results for outcome in outcomes]
 
 
 __all__ = [

@@ -55,6 +55,34 @@ def test_classify_and_classify_many(triton_server, mixed_images):
     assert "empty payload" in results[3].reason and "not a recognised image" in results[4].reason
 
 
+def _ensemble_counts(server) -> tuple[int, int]:
+    """(requests answered, images scored) of the ensemble so far, from the server's statistics API."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/deepfake_detector/stats", timeout=10) as r:
+        (stats,) = json.loads(r.read())["model_stats"]
+    return stats["inference_stats"]["success"]["count"], stats["inference_count"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_classify_many_batches_requests(triton_server, mixed_images, batch_size):
+    """16 good images with batch_size 8 travel as 2 requests (the server's own count); with 1, as 16. The scores
+    are the same either way. A bad image in a batch only fails itself (test above)."""
+    import time
+
+    payloads = [encode(photo_like(64, 64, seed), "PNG") for seed in range(16)]
+    with DetectorClient(ClientConfig(url=triton_server.grpc_url, batch_size=batch_size)) as client:
+        before = _ensemble_counts(triton_server)
+        results = client.classify_many(payloads)
+    deadline = time.monotonic() + 5
+    while _ensemble_counts(triton_server)[1] < before[1] + 16 and time.monotonic() < deadline:
+        time.sleep(0.05)  # a response can be sent just before its statistics are recorded
+    after = _ensemble_counts(triton_server)
+    assert (after[0] - before[0], after[1] - before[1]) == (16 // batch_size, 16)
+    for payload, result in zip(payloads[:3], results[:3]):
+        assert result.prob_fake == pytest.approx(_expected(triton_server.grpc_url, payload), abs=1e-6)
+
+
 def test_async_client(triton_server, mixed_images):
     payloads = list(mixed_images.values())[:4] + BAD
 

@@ -222,6 +222,8 @@ def test_config_defaults_and_validation():
         ClientConfig(root_certificates="ca.pem")
     with pytest.raises(ValueError):
         ClientConfig(max_in_flight=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        ClientConfig(batch_size=65)
     with pytest.raises(ValueError):
         ClientConfig(timeout_s=0)
     with pytest.raises(Exception):
