@@ -114,14 +114,15 @@ def describe_error(error: DetectorClientError) -> str:
     return message
 
 
-def format_result(path: str, outcome: Prediction | str, as_json: bool) -> str:
-    """One output line for one image; ``outcome`` is its prediction or the reason it failed."""
+def format_result(path: str, outcome: Prediction | str, as_json: bool, served: dict[str, object] | None = None) -> str:
+    """One output line for one image; ``outcome`` is its prediction or the reason it failed. ``served``: which
+    detector answered (model, detector_sha256, threshold), added to every JSON row so a score can be traced."""
     if as_json:
         if isinstance(outcome, Prediction):
             record: dict[str, object] = {"path": path, "prob_fake": outcome.prob_fake, "is_fake": outcome.is_fake,
-                                         "logit": outcome.logit}
+                                         "logit": outcome.logit, **(served or {})}
         else:
-            record = {"path": path, "error": outcome}
+            record = {"path": path, "error": outcome, **(served or {})}
         return json.dumps(record, ensure_ascii=False)
     if isinstance(outcome, Prediction):
         return f"{path}\t{outcome.prob_fake:.4f}\t{'FAKE' if outcome.is_fake else 'REAL'}"
@@ -133,9 +134,22 @@ def _chunks(items: Sequence[InputFile], size: int) -> Iterator[Sequence[InputFil
         yield items[start : start + size]
 
 
+def served_fields(detector: DetectorClient) -> dict[str, object]:
+    """The JSON rows' record of the detector that answers: model name, served artifact hash, threshold."""
+    try:
+        served = detector.served_detector()
+    except DetectorClientError as exc:
+        logging.getLogger(__name__).warning("cannot read the served detector's identity: %s", exc.message)
+        served = {}
+    threshold = served.get("threshold")
+    return {"model": detector.config.model_name, "detector_sha256": served.get("detector_sha256"),
+            "threshold": float(threshold) if threshold else None}
+
+
 def classify_inputs(detector: DetectorClient, inputs: Sequence[InputFile], as_json: bool, out: TextIO) -> int:
     """Classify ``inputs`` in bounded chunks (so memory stays flat), writing one line each; returns failures."""
     failures = 0
+    served = served_fields(detector) if as_json else None
     chunk_size = max(64, 4 * detector.config.max_in_flight * detector.config.batch_size)
     for chunk in _chunks(inputs, chunk_size):
         payloads = [read_input(item) for item in chunk]
@@ -149,7 +163,7 @@ def classify_inputs(detector: DetectorClient, inputs: Sequence[InputFile], as_js
             else:
                 outcome = payload
             failures += not isinstance(outcome, Prediction)
-            out.write(format_result(item.path, outcome, as_json) + "\n")
+            out.write(format_result(item.path, outcome, as_json, served) + "\n")
         out.flush()
     return failures
 

@@ -437,6 +437,22 @@ class DetectorClient:
             logger.info("waiting for the server: %s", problem.message)
             time.sleep(min(poll_interval_s, remaining))
 
+    def served_detector(self) -> dict[str, str]:
+        """Which detector the server runs: the ensemble's config parameters (``detector_sha256``, ``threshold``,
+        ``backbone``, ``input_size``, ``fmdetect_version``, ...; {} for a repository written without them).
+
+        Raises:
+            DetectorClientError: the config cannot be read.
+        """
+        self._check_open()
+        try:
+            config = self._client.get_model_config(self._config.model_name, as_json=True,
+                                                   client_timeout=self._config.timeout_s)
+        except InferenceServerException as exc:
+            raise error_from_triton(exc) from None
+        parameters = config.get("config", config).get("parameters", {})
+        return {key: value.get("string_value", "") for key, value in parameters.items()}
+
     def classify(self, image: bytes) -> Prediction:
         """Classify one encoded image (JPEG, PNG, ...).
 

@@ -122,8 +122,14 @@ def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == len(mixed_images)
     for record in records:
-        assert set(record) == {"path", "prob_fake", "is_fake", "logit"}
+        assert set(record) == {"path", "prob_fake", "is_fake", "logit", "model", "detector_sha256", "threshold"}
         assert (record["prob_fake"] > 0.5) == (record["logit"] > 0)
+        # Traceable to what was served: the artifact's checksum and the threshold behind is_fake.
+        served = triton_server.repository / "detector" / "1" / "model.onnx.sha256"
+        assert record["detector_sha256"] == served.read_text().split()[0] and record["model"] == "deepfake_detector"
+        metadata = json.loads((triton_server.repository / "preprocess" / "1" / "metadata.json").read_text())
+        assert record["threshold"] == pytest.approx(metadata["threshold"]["value"], rel=1e-5)
+        assert record["is_fake"] == (record["prob_fake"] >= record["threshold"])
         assert record["prob_fake"] == pytest.approx(_expected(triton_server.grpc_url, Path(record["path"]).read_bytes()),
                                                     abs=1e-6)
 

@@ -329,6 +329,9 @@ def test_directory_walk_finds_images_recursively(tmp_path):
 def test_json_line_format():
     ok = json.loads(cli.format_result("dir/a.jpg", Prediction(prob_fake=0.25, is_fake=False, logit=-1.1), True))
     assert ok == {"path": "dir/a.jpg", "prob_fake": 0.25, "is_fake": False, "logit": -1.1}
+    served = {"model": "deepfake_detector", "detector_sha256": "ab" * 32, "threshold": 0.47}
+    traced = json.loads(cli.format_result("a.jpg", Prediction(prob_fake=0.25, is_fake=False, logit=-1.1), True, served))
+    assert traced == {"path": "a.jpg", "prob_fake": 0.25, "is_fake": False, "logit": -1.1, **served}
     assert isinstance(ok["prob_fake"], float) and isinstance(ok["is_fake"], bool)
     bad = cli.describe_error(InvalidImageError(BAD_IMAGE_REASON, "StatusCode.INVALID_ARGUMENT"))
     line = cli.format_result("b.png", bad, True)

@@ -120,6 +120,27 @@ def views(metadata: DetectorMetadata) -> int:
     return max(metadata.fft_stage.masks, 1)
 
 
+def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_name: str, digest: str) -> str:
+    """``parameters`` of the ensemble that say which detector it serves, for clients to record beside each
+    score (``GET /v2/models/deepfake_detector/config``): the served artifact's SHA-256, the threshold behind
+    ``IS_FAKE``, the backbone and input size, the target and the software version."""
+    from importlib import metadata as package_metadata
+
+    try:
+        software = package_metadata.version("fmdetect")
+    except package_metadata.PackageNotFoundError:
+        software = "unknown"
+    values = {
+        "detector_sha256": digest, "detector_artifact": artifact_name, "threshold": f"{metadata.threshold.value:.6g}",
+        "threshold_method": metadata.threshold.method, "backbone": metadata.backbone,
+        "input_size": "x".join(map(str, metadata.input_size)), "test_time_masks": str(metadata.fft_stage.masks),
+        "target": target.value, "fmdetect_version": software,
+    }
+    lines = ["", "# Which detector this ensemble serves (written by triton_repo.layout.write_repository)."]
+    lines += [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
 def render_config(model: str, target: Target | str, metadata: DetectorMetadata) -> str:
     """The ``config.pbtxt`` text of one model of the repository for ``target``."""
     target = Target(target)
@@ -169,8 +190,10 @@ def write_repository(
         shutil.copy2(PYTHON_MODELS / python_file, staging / "detector" / "1" / "model.py")
     shutil.copy2(artifact, staging / "detector" / "1" / artifact_name)
     copied = staging / "detector" / "1" / artifact_name  # the detector checks it before loading
-    copied.with_name(artifact_name + ".sha256").write_text(
-        f"{hashlib.sha256(copied.read_bytes()).hexdigest()}  {artifact_name}\n")
+    digest = hashlib.sha256(copied.read_bytes()).hexdigest()
+    copied.with_name(artifact_name + ".sha256").write_text(f"{digest}  {artifact_name}\n")
+    with open(staging / ENSEMBLE / "config.pbtxt", "a") as config:
+        config.write(identity_parameters(metadata, target, artifact_name, digest))
     for side_file in artifact.parent.glob(artifact.stem + ".*.json"):  # e.g. engine metadata beside the plan
         shutil.copy2(side_file, staging / "detector" / "1" / side_file.name)
     if out.exists():
