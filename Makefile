@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) demo.py --artifacts $(ARTIFACTS)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Serve the demo's CPU repository (HTTP_PORT, GRPC_PORT, METRICS_PORT; default 8000/8001/8002, 127.0.0.1).

@@ -186,7 +186,8 @@ def config_from_args(args: argparse.Namespace) -> PerfConfig:
         input_dir=args.input_dir, payload_profile=PayloadProfile(args.payload_profile), payload=args.payload,
         image_size=args.image_size, num_images=args.num_images,
         shared_memory=SharedMemory(args.shared_memory),
-        admin_key=(args.admin_key_header, os.environ["TRITON_ADMIN_KEY"]) if os.environ.get("TRITON_ADMIN_KEY") else None,
+        admin_key=((args.admin_key_header, os.environ["TRITON_ADMIN_KEY"]) if os.environ.get("TRITON_ADMIN_KEY")
+                   else None),
         compare=args.compare,
         compare_batches=tuple(args.compare_batches), perf_analyzer=args.perf_analyzer,
         repository=args.repository, checkpoint=args.checkpoint, json=args.json, csv=args.csv, plot=args.plot,

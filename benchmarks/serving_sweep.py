@@ -114,7 +114,8 @@ def median_row(rounds: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| variant | best images/s (concurrency); per round | c1 images/s | c1 p50 / p99 ms "
-             "| c1 preprocess queue / compute ms | c1 detector queue / compute ms |", "| --- | ---: | ---: | --- | --- | --- |"]
+             "| c1 preprocess queue / compute ms | c1 detector queue / compute ms |",
+             "| --- | ---: | ---: | --- | --- | --- |"]
     for r in rows:
         pre, det = r["c1_stage_ms"]["preprocess"], r["c1_stage_ms"]["detector"]
         rounds = ", ".join(f"{v:.0f}" for v in r.get("best_ips_per_round", []))

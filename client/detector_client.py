@@ -151,7 +151,8 @@ class ClientConfig:
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be in 1..{MAX_BATCH} (the server's max_batch_size), got {self.batch_size}")
+            raise ValueError(f"batch_size must be in 1..{MAX_BATCH} (the server's max_batch_size), "
+                             f"got {self.batch_size}")
         tls_files = (self.root_certificates, self.private_key, self.certificate_chain)
         if not self.ssl and any(path is not None for path in tls_files):
             raise ValueError("root_certificates, private_key and certificate_chain need ssl=True")

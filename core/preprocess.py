@@ -149,7 +149,8 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty payload: no image bytes", "empty")
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes", "too_large")
+        raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes",
+                               "too_large")
     try:
         img = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError:

@@ -254,7 +254,8 @@ def fp16_numerics(config: NumericsConfig) -> dict[str, Any]:
         "split": config.split,
         "images": int(len(data.images)),
         "by_generator_and_label": {f"{g}/{'fake' if y else 'real'}": n
-                                   for (g, y), n in sorted(Counter(zip(data.generators, data.labels.tolist())).items())},
+                                   for (g, y), n in sorted(Counter(zip(data.generators,
+                                                                       data.labels.tolist())).items())},
         "input_size": list(metadata.input_size),
         "backbone": metadata.backbone,
         "masks": masks,

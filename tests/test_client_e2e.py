@@ -130,7 +130,8 @@ def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
         metadata = json.loads((triton_server.repository / "preprocess" / "1" / "metadata.json").read_text())
         assert record["threshold"] == pytest.approx(metadata["threshold"]["value"], rel=1e-5)
         assert record["is_fake"] == (record["prob_fake"] >= record["threshold"])
-        assert record["prob_fake"] == pytest.approx(_expected(triton_server.grpc_url, Path(record["path"]).read_bytes()),
+        expected = _expected(triton_server.grpc_url, Path(record["path"]).read_bytes())
+        assert record["prob_fake"] == pytest.approx(expected,
                                                     abs=1e-6)
 
     (good / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")

@@ -15,7 +15,6 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 import client
-from triton_repo.server import free_port
 from client import cli
 from client.detector_client import (
     AsyncDetectorClient,
@@ -33,6 +32,7 @@ from client.detector_client import (
     backoff_delay,
     error_from_triton,
 )
+from triton_repo.server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake_detector"

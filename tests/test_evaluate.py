@@ -17,6 +17,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from core.fft import apply_fft_stage, inference_masks
 from core.metadata import DetectorMetadata, FFTStageConfig, Threshold
 from training import metrics as M
+from training.benchmark import BuildConfig, Profile, build_dataset
+from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
 from training.checkpoint import load_detector, save_checkpoint
 from training.evaluate import (
     METRICS_JSON,
@@ -33,8 +35,6 @@ from training.evaluate import (
     predict,
 )
 from training.model import Detector
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
 
 SIZE = (64, 64)
 GENERATOR_KEYS = {"ap", "acc", "acc_calibrated", "real_acc", "fake_acc", "auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "n"}

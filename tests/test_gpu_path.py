@@ -466,7 +466,8 @@ def test_write_gpu_cupy_repository(tmp_path):
     out = write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, plan)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["deepfake_detector/config.pbtxt", "detector/1/model.engine.json", "detector/1/model.plan",
-                     "detector/1/model.plan.sha256", "detector/config.pbtxt", "fft_stage/1/metadata.json", "fft_stage/1/model.py",
+                     "detector/1/model.plan.sha256", "detector/config.pbtxt", "fft_stage/1/metadata.json",
+                     "fft_stage/1/model.py",
                      "fft_stage/config.pbtxt", "preprocess/1/metadata.json", "preprocess/1/model.py",
                      "preprocess/config.pbtxt"]
     assert (out / "fft_stage/1/model.py").read_text() == FFT_MODEL.read_text()

@@ -147,7 +147,8 @@ def test_tls_settings_are_validated(tmp_path: Path):
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("x")
     key.write_text("x")
-    assert GrpcTLS(cert, key).args() == ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+    assert GrpcTLS(cert, key).args() == ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}",
+                                         f"--grpc-server-key={key}"]
     with pytest.raises(ValueError, match="mutual TLS needs root_cert"):
         GrpcTLS(cert, key, mutual=True)
     with pytest.raises(ValueError, match="does not exist"):
@@ -182,7 +183,8 @@ def test_admin_apis_are_closed_to_callers_without_the_key(triton_server):
             raw.load_model("detector")
         with pytest.raises(grpcclient.InferenceServerException, match=restricted.header):
             raw.update_log_settings({"log_verbose_level": 1})
-        assert raw.get_system_shared_memory_status(headers=restricted.grpc_headers(), as_json=True).get("regions", {}) == {}
+        status = raw.get_system_shared_memory_status(headers=restricted.grpc_headers(), as_json=True)
+        assert status.get("regions", {}) == {}
         # Open: inference, health, statistics, config.
         data = np.array([[PAYLOAD]], dtype=object)
         tensor = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")

@@ -103,7 +103,8 @@ def test_config_limits_fail_only_their_request(limits_server):
 
     rng = np.random.default_rng(0)
     bad = {
-        "bytes": (encode(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), "PNG"), "exceeds the limit of 150000 bytes"),
+        "bytes": (encode(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), "PNG"),
+                  "exceeds the limit of 150000 bytes"),
         "pixels": (encode(np.zeros((600, 600, 3), np.uint8), "PNG"), "600x600 pixels exceeds the limit of 250000"),
         "format": (encode(photo_like(32, 32, 1), "BMP"), "unsupported image format BMP"),
     }

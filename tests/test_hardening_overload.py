@@ -1,9 +1,10 @@
 """Overload: bounded queues reject quickly with UNAVAILABLE instead of letting latency grow without bound.
 
-The load test measures the saturation rate first (closed loop, best of 4, 8 and 16 in flight), then offers twice that rate open-loop for 10 s
-and checks: every request id is answered exactly once, with scores or a clear UNAVAILABLE rejection; answered
-latency stays bounded; the backlog drains within seconds; the server's memory (RSS of tritonserver + its python
-stubs, from /proc) grows less than 15 % from the end of warm-up to the end of the run.
+The load test measures the saturation rate first (closed loop, best of 4, 8 and 16 in flight), then offers twice
+that rate open-loop for 10 s and checks: every request id is answered exactly once, with scores or a clear
+UNAVAILABLE rejection; answered latency stays bounded; the backlog drains within seconds; the server's memory
+(RSS of tritonserver + its python stubs, from /proc) grows less than 15 % from the end of warm-up to the end of the
+run.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     for index, [(status, detail, _)] in answers.items():
         if status == "ok":
             assert detail == str(index), f"request {index} got the response of request {detail}"
-    unclear = {(s, m[:80]) for s, m, _ in rejected if s != "StatusCode.UNAVAILABLE" or not any(r in m for r in REJECTIONS)}
+    unclear = {(s, m[:80]) for s, m, _ in rejected
+               if s != "StatusCode.UNAVAILABLE" or not any(r in m for r in REJECTIONS)}
     assert not unclear, unclear
     ok_latency = np.array([latency for _, _, latency in ok])
     rejected_latency = np.array([latency for _, _, latency in rejected]) if rejected else np.zeros(1)

@@ -15,8 +15,8 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate (test extra)")
 pytest.importorskip("kubernetes_validate", reason="install the test extra: pip install -e '.[test]'")
 
-from tests.conftest import find_tool, skip_for_missing_tool  # noqa: E402
 from deploy.manifests import EXTRAS, K8S_VERSIONS, OVERLAYS, ROOT, load_yaml, overlay, render, validate  # noqa: E402
+from tests.conftest import find_tool, skip_for_missing_tool  # noqa: E402
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 # Per-model metrics Triton 2.51 exports (docs: user_guide/metrics.md), the ones worth scaling on among them.

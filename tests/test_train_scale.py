@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from core.metadata import DetectorMetadata
-from training.checkpoint import load_detector
 from training.benchmark import BuildConfig, Profile, build_dataset
+from training.checkpoint import load_detector
 from training.train import (
     BEST_FILE,
     CHECKPOINT_DIR,

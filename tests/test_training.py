@@ -17,12 +17,12 @@ import torch
 from core.fft import band_region, masked_count
 from core.metadata import Band, DetectorMetadata
 from core.preprocess import center_crop_or_pad, decode_image
+from training.benchmark import BuildConfig, Profile, build_dataset
+from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
 from training.calibration import false_positive_rate, threshold_at_fpr
 from training.checkpoint import load_detector
 from training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
 from training.masking import MaskKind, MaskSpec, frequency_masks
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
 from training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
 
 # Measured on 2 CPU cores, dataset seed 0, training seeds 0/1/2, 12 epochs: val acc 0.95 / 0.92 / 0.94 and
@@ -251,6 +251,7 @@ def test_readme_training_flags_match_the_parser() -> None:
                 continue
             flag, takes_value = words[0], len(words) > 1 and not words[1].startswith("--")
             assert flag in actions, f"README flag {flag} is not a training.train flag"
-            assert (actions[flag].nargs != 0) == takes_value, f"README shows {flag} {'with' if takes_value else 'without'} a value"
+            shown_as = "with" if takes_value else "without"
+            assert (actions[flag].nargs != 0) == takes_value, f"README shows {flag} {shown_as} a value"
             shown += 1
     assert shown >= 15

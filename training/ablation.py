@@ -45,10 +45,10 @@ CONFIGS = (
     MaskingConfig("none", ("--mask", "none"), "masking"),
     MaskingConfig("pixel 15%", ("--mask", "pixel", "--mask-ratio", "0.15"), "masking"),
     MaskingConfig("patch 15%", ("--mask", "patch", "--mask-ratio", "0.15"), "masking"),
-    MaskingConfig("frequency all 15%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.15"), "masking"),
-    MaskingConfig("frequency low 15%", ("--mask", "frequency", "--mask-band", "low", "--mask-ratio", "0.15"), "masking"),
-    MaskingConfig("frequency mid 15%", ("--mask", "frequency", "--mask-band", "mid", "--mask-ratio", "0.15"), "masking"),
-    MaskingConfig("frequency high 15%", ("--mask", "frequency", "--mask-band", "high", "--mask-ratio", "0.15"), "masking"),
+    MaskingConfig("frequency all 15%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
+    MaskingConfig("frequency low 15%", ("--mask", "frequency", "--mask-band", "low", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
+    MaskingConfig("frequency mid 15%", ("--mask", "frequency", "--mask-band", "mid", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
+    MaskingConfig("frequency high 15%", ("--mask", "frequency", "--mask-band", "high", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
     MaskingConfig("frequency all 5%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.05"), "ratio"),
     MaskingConfig("frequency all 30%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.30"), "ratio"),
     MaskingConfig("frequency all 50%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.50"), "ratio"),
@@ -203,7 +203,8 @@ def summarise(cfg: AblationConfig, results: dict[str, list[dict]]) -> dict:
 
 
 def markdown_table(rows: dict, configs: tuple[MaskingConfig, ...]) -> str:
-    lines = ["| training masking | unseen AP | unseen acc (calibrated) | seen AP | seeds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| training masking | unseen AP | unseen acc (calibrated) | seen AP | seeds |",
+             "| --- | --- | --- | --- | --- |"]
     for c in configs:
         if c.name not in rows:
             continue
@@ -230,7 +231,7 @@ def per_family_table(rows: dict, configs: tuple[MaskingConfig, ...], seen: tuple
 def test_time_table(sweep: dict[str, dict[str, tuple[float, float]]]) -> str:
     if not sweep:
         return ""
-    lines = [f"| test-time masks K | AP (all testing families) | calibrated acc | ms / image |",
+    lines = ["| test-time masks K | AP (all testing families) | calibrated acc | ms / image |",
              "| ---: | --- | --- | ---: |"]
     for k, row in sweep.items():
         lines.append(f"| {k} | {row['ap'][0]:.3f} ± {row['ap'][1]:.3f} | {row['acc_calibrated'][0]:.3f} ± "

@@ -64,9 +64,9 @@ from core.metadata import DetectorMetadata
 from core.preprocess import center_crop_or_pad, decode_image
 from core.scoring import sigmoid
 from training import metrics as M
-from training.checkpoint import load_detector
 from training.benchmark.summary import benchmark_summary, load_manifest
 from training.benchmark.summary import markdown as benchmark_markdown
+from training.checkpoint import load_detector
 from training.data import RealFakeDataset
 from training.model import Detector
 from training.train import resolve_device

@@ -41,7 +41,6 @@ import torch
 from core.fft import BAND_EDGES, band_region
 from core.metadata import Band
 
-
 # --------------------------------------------------------------------------------------------------- matrices
 
 

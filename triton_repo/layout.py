@@ -20,8 +20,8 @@ they are filled from the checkpoint metadata here. See GPU.md for serving the GP
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import logging
 import shutil
 from enum import Enum

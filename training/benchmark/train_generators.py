@@ -157,8 +157,8 @@ def _discriminator_step(disc: nn.Module, optimizer: torch.optim.Optimizer, real:
 
 def _train_gan(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
                generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
-    """L1 + non-saturating adversarial (+ texture) loss. A progressive generator trains its x2 stage alone for the first 40 %
-    of the steps (against a 2x smaller target), then fades the x4 stage in over the next 20 %."""
+    """L1 + non-saturating adversarial (+ texture) loss. A progressive generator trains its x2 stage alone for the
+    first 40 % of the steps (against a 2x smaller target), then fades the x4 stage in over the next 20 %."""
     cfg = spec.training
     disc = PatchDiscriminator()
     opt_g, opt_d = _adam(model.parameters(), cfg["lr"]), _adam(disc.parameters(), cfg["lr"])

@@ -83,7 +83,8 @@ class TritonPythonModel:
         self.image_shape = tuple(int(d) for d in shape[1:])
         self.input_name = self.session.get_inputs()[0].name
         pb_utils.Logger.log_info(
-            f"detector ready: {path} (version {args['model_version']}), input (B, {', '.join(map(str, self.image_shape))})"
+            f"detector ready: {path} (version {args['model_version']}), "
+            f"input (B, {', '.join(map(str, self.image_shape))})"
         )
 
     def execute(self, requests):
