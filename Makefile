@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve bench clean cluster ablation
+.PHONY: setup demo test serve bench clean cluster ablation gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -44,6 +44,11 @@ cluster: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/perf.py
+
+## Everything about the GPU path that a lent GPU machine can prove (benchmarks/gpu_check.py); without a CUDA
+## device every check is skipped with its reason.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check --out $(ARTIFACTS)/gpu_check
 
 ## The paper's ablation on the offline benchmark (hours on 2 cores; cached per run, so it resumes): table + plot.
 ablation: $(STAMP)
