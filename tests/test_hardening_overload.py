@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,9 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
         run = asyncio.run(open_loop(url, payload, rate, seconds=10.0))
         rss_end = server.rss_bytes()
         healthy = server.check_health()
+        time.sleep(2.5)  # Triton refreshes its Prometheus counters every 2 s
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            metrics = response.read().decode()
 
         # The client library under the same overload: UNAVAILABLE is retried (backoff + jitter), nothing else.
         from client import AsyncDetectorClient, ClientConfig, Prediction, ServerUnavailableError
@@ -118,6 +123,14 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     assert figures["rejected_p50_s"] < 1.5, f"rejections must come quickly: {figures}"
     assert run["drain_s"] < LATENCY_P99_BOUND_S + 1.0, figures
     assert growth < MEMORY_GROWTH_BOUND, figures
+
+    # Pinned (Triton 2.51): requests refused for a full queue are not counted under reason="REJECTED" by any
+    # model; the failures land under other reasons. Count refusals on the client side, or from these totals.
+    failures = {(m, r): float(v) for m, r, v in re.findall(
+        r'nv_inference_request_failure\{model="([^"]+)",reason="([^"]+)",version="1"\} (\S+)', metrics)}
+    print("failure counters after the overload:", {k: v for k, v in failures.items() if v})
+    if figures["rejected_queue_full"]:
+        assert failures and all(v == 0 for (_, reason), v in failures.items() if reason == "REJECTED"), failures
 
     kinds = {type(r) for r in client_results}
     assert kinds <= {Prediction, ServerUnavailableError}, kinds

@@ -8,6 +8,7 @@ changes it fails here and ``triton_repo/README.md`` ("Protocol edges") is brough
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -138,3 +139,28 @@ def test_a_cut_chunked_body_is_held_open(triton_server):
             raw.recv(100)
         assert time.monotonic() - began >= 4.9
     assert np.isfinite(infer(triton_server.grpc_url, GOOD).as_numpy("PROB_FAKE")).all()
+
+
+def test_a_rejected_oversized_payload_stays_in_the_servers_shared_memory(cpu_repository, tmp_path):
+    """Pinned: sent straight to tritonserver, a payload over max_bytes is rejected by preprocess (INVALID_ARG, the
+    reason given) but only after Triton copied it into the python backend's shared memory, which keeps its grown
+    size: Triton 2.51 has no limit of its own. Hence the proxy's limit in front of it (tests/test_cluster.py)."""
+    from tests.test_hardening_support import repository_copy
+    from triton_repo.server import ServerConfig, TritonServer
+
+    repo = repository_copy(cpu_repository, tmp_path / "repo")
+    with TritonServer(ServerConfig(model_repository=repo)) as server:
+        assert infer(server.grpc_url, GOOD).as_numpy("PROB_FAKE").shape == (1, 1)
+
+        def shm_bytes() -> int:
+            return sum(os.path.getsize(f) for f in server.shm_files() if os.path.exists(f))
+
+        before = shm_bytes()
+        for _ in range(3):
+            result = infer(server.grpc_url, b"\0" * (40 * 1024 * 1024))
+            assert "exceeds the limit" in str(result), result
+        time.sleep(2.0)
+        after = shm_bytes()
+        assert infer(server.grpc_url, GOOD).as_numpy("PROB_FAKE").shape == (1, 1)
+    print(f"/dev/shm of the server: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB after 3 rejected 40 MiB payloads")
+    assert after >= before + 40 * 2**20
