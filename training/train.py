@@ -770,7 +770,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate per process (x world size)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
-                        help="constant learning rate for --epochs epochs instead of the paper's plateau schedule")
+                        help="constant learning rate for --epochs epochs instead of the paper's plateau schedule "
+                             "(plateau schedule used: %(default)s)")
     parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before the lr drops")
     parser.add_argument("--min-delta", type=float, default=0.001,
                         help="validation accuracy gain that counts as an improvement")
