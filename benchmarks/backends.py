@@ -45,6 +45,15 @@ def _batch(payloads: list[bytes], request: int, batch_size: int) -> list[bytes]:
     return [payloads[(start + j) % len(payloads)] for j in range(batch_size)]
 
 
+def admin_headers(admin_key: tuple[str, str] | None, protocol: Protocol) -> dict[str, str]:
+    """The headers that carry (header, value) to a server's restricted APIs; Triton reads a gRPC call's key under
+    the ``triton-grpc-protocol-`` metadata prefix."""
+    if admin_key is None:
+        return {}
+    header, value = admin_key
+    return {f"triton-grpc-protocol-{header}" if Protocol(protocol) is Protocol.GRPC else header: value}
+
+
 class TritonSender:
     """Sends requests to the ensemble; one client per thread (the HTTP client is not thread-safe)."""
 
@@ -57,11 +66,7 @@ class TritonSender:
         self.url, self.protocol, self.model = url, Protocol(protocol), model
         self.payloads, self.batch_size = payloads, batch_size
         self.shared_memory, self.timeout_s = shared_memory, timeout_s
-        self.admin_headers = {}
-        if admin_key is not None:
-            header, value = admin_key
-            # Triton reads a restricted gRPC call's key under this metadata prefix.
-            self.admin_headers = {f"triton-grpc-protocol-{header}" if self.protocol is Protocol.GRPC else header: value}
+        self.admin_headers = admin_headers(admin_key, self.protocol)
         self._local = threading.local()
         self._regions: list[tuple[object, object, str]] = []  # (client, handle, name)
         self._lock = threading.Lock()

@@ -38,6 +38,7 @@ from benchmarks.backends import (  # noqa: E402
     Protocol,
     SharedMemory,
     TritonSender,
+    admin_headers,
     onnxruntime_runner,
     pytorch_runner,
     server_statistics,
@@ -221,12 +222,8 @@ def check_ready(url: str, protocol: Protocol, model: str, admin_key: tuple[str, 
     except Exception as exc:  # noqa: BLE001
         raise SystemExit(f"error: the server at {url} did not answer for model {model!r}: {exc}") from None
     if not ready:
-        headers = {}
-        if admin_key is not None:
-            header, value = admin_key
-            headers = {f"triton-grpc-protocol-{header}" if protocol is Protocol.GRPC else header: value}
         try:
-            index = client.get_model_repository_index(headers=headers)
+            index = client.get_model_repository_index(headers=admin_headers(admin_key, protocol))
             names = sorted({(m["name"] if isinstance(m, dict) else m.name) for m in
                             (index if isinstance(index, list) else index.models)})
             serves = f"it serves: {', '.join(names) or 'none'}"

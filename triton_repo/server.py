@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from triton_repo.layout import ENSEMBLE
+
 logger = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
@@ -256,7 +258,7 @@ class InferenceProbe:
     """One request through the served ensemble, answered within ``deadline_s``: a small PNG must come back with
     a score. Raises when it does not (an error answer, no answer in time, or no score)."""
 
-    model: str = "deepfake_detector"
+    model: str = ENSEMBLE
     deadline_s: float = 10.0
 
     def __call__(self, server: TritonServer) -> None:
