@@ -36,6 +36,7 @@ from deploy.cluster import (
 )
 from deploy.spread import format_scaling, replica_counts, scaling, spread
 from tests.conftest import encode, photo_like, skip_for_missing_tool
+from tests.figures import record
 from triton_repo.server import free_port
 
 pytestmark = pytest.mark.triton
@@ -149,6 +150,8 @@ def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: C
     rss_after, shm_after = _replica_memory(cluster)
     print(f"50 oversized requests: replicas' RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, /dev/shm "
           f"{shm_before / 2**20:.0f} -> {shm_after / 2**20:.0f} MiB; gRPC error: {refusals[0][:120]}")
+    record("edges", "oversized-proxied", rss_before_mib=rss_before / 2**20, rss_after_mib=rss_after / 2**20,
+           shm_before_mib=shm_before / 2**20, shm_after_mib=shm_after / 2**20)
     assert all("413" in r or "RESOURCE_EXHAUSTED" in r.upper() for r in refusals), refusals[:3]
     assert rss_after <= 1.1 * rss_before and shm_after <= 1.1 * shm_before
 

@@ -135,10 +135,12 @@ def _real_images(n: int, size: int) -> np.ndarray:
     return normalize(np.stack(crops).transpose(0, 3, 1, 2), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def _onnx_stage(impl: FFTImpl, masks: np.ndarray, size: int, tmp_path: Path):
+def _onnx_stage(impl: FFTImpl, masks: np.ndarray | None, size: int, tmp_path: Path):
+    """The stage exported to ONNX and run by ONNX Runtime; with no masks the exported graph is the identity."""
+    import onnx
     import onnxruntime as ort
 
-    stage = FFTStage(torch.from_numpy(masks), size, size, impl).eval()
+    stage = FFTStage(None if masks is None else torch.from_numpy(masks), size, size, impl).eval()
     path = tmp_path / f"stage_{impl.value}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,16 +149,15 @@ def _onnx_stage(impl: FFTImpl, masks: np.ndarray, size: int, tmp_path: Path):
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=20, dynamo=True,
             external_data=False, verbose=False,
         )
-    import onnx
-
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert ("DFT" in ops) == (impl is FFTImpl.FFT), ops
+    assert ("DFT" in ops) == (impl is FFTImpl.FFT and masks is not None), ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    k = masks.shape[0]
+    k = 1 if masks is None else masks.shape[0]
     return lambda x: session.run(None, {"x": x})[0].reshape(x.shape[0], k, *x.shape[1:])
 
 
-def _cupy_stage(masks):
+def _cupy_stage(masks: np.ndarray | None):
+    """The CuPy stage the GPU python backend runs; called before any computation, so it skips first."""
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU machines only)")
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
@@ -169,6 +170,13 @@ def _cupy_stage(masks):
     return lambda x: cupy.asnumpy(stage(cupy.asarray(x)))
 
 
+def _torch_stage(impl: FFTImpl, masks: np.ndarray | None, size: int):
+    """The serving-side torch module (``FFTStage``, as exported), reshaped back to (B, K, C, H, W)."""
+    stage = FFTStage(None if masks is None else torch.from_numpy(masks), size, size, impl).eval()
+    with torch.no_grad():
+        return lambda x: stage(torch.from_numpy(x)).numpy().reshape(x.shape[0], stage.views, *x.shape[1:])
+
+
 IMPLS = ["torch_fft", "matmul", "onnx_dft", "onnx_matmul", "cupy"]
 
 
@@ -176,29 +184,35 @@ IMPLS = ["torch_fft", "matmul", "onnx_dft", "onnx_matmul", "cupy"]
 @pytest.mark.parametrize("n_masks", [0, 1, 4])
 @pytest.mark.parametrize("source", ["random", "real"])
 def test_fft_stage_parity(impl, n_masks, source, tmp_path):
+    """Every implementation runs its own code for K = 0, 1 and 4 (K = 0: the stage is the identity)."""
     size = 32
+    cfg = FFTStageConfig(masks=n_masks, per_channel=n_masks != 1, seed=n_masks)
+    masks = inference_masks(cfg, size, size)
+    if impl == "cupy":  # a machine without CuPy or a GPU skips here, before anything is computed
+        run = _cupy_stage(masks)
+    elif impl in ("torch_fft", "matmul"):
+        run = _torch_stage(FFTImpl.FFT if impl == "torch_fft" else FFTImpl.MATMUL, masks, size)
+    else:
+        run = _onnx_stage(FFTImpl.FFT if impl == "onnx_dft" else FFTImpl.MATMUL, masks, size, tmp_path)
     x = (
         np.random.default_rng(n_masks).standard_normal((3, 3, size, size)).astype(np.float32) * 2
         if source == "random"
         else _real_images(3, size)
     )
-    cfg = FFTStageConfig(masks=n_masks, per_channel=n_masks != 1, seed=n_masks)
-    masks = inference_masks(cfg, size, size)
     expected = apply_fft_stage(x, masks)
-    if masks is None:  # the stage is skipped: every implementation is the identity
-        stage = FFTStage(None, size, size, FFTImpl.MATMUL if "matmul" in impl else FFTImpl.FFT)
-        np.testing.assert_array_equal(stage(torch.from_numpy(x)).numpy(), expected[:, 0])
-        return
-    if impl == "torch_fft":
-        got = masked_fft_torch(torch.from_numpy(x)[:, None], torch.from_numpy(masks)[None]).numpy()
-    elif impl == "matmul":
-        got = MatmulDFT(size, size)(torch.from_numpy(x), torch.from_numpy(masks)).numpy()
-    elif impl in ("onnx_dft", "onnx_matmul"):
-        got = _onnx_stage(FFTImpl.FFT if impl == "onnx_dft" else FFTImpl.MATMUL, masks, size, tmp_path)(x)
-    else:
-        got = _cupy_stage(masks)(x)
-    assert got.shape == expected.shape
+    got = run(x)
+    assert got.shape == expected.shape == (3, max(n_masks, 1), 3, size, size)
     assert np.abs(got - expected).max() <= TOL
+    if masks is not None:  # the masked views really differ from the input
+        assert np.abs(got - x[:, None]).max() > 10 * TOL
+
+
+def test_masked_fft_torch_matches_reference():
+    """The training-side function (one mask per sample, broadcast) against the numpy reference."""
+    x = _real_images(3, 32)
+    masks = inference_masks(FFTStageConfig(masks=4, per_channel=True, seed=4), 32, 32)
+    got = masked_fft_torch(torch.from_numpy(x)[:, None], torch.from_numpy(masks)[None]).numpy()
+    assert np.abs(got - apply_fft_stage(x, masks)).max() <= TOL
 
 
 def test_matmul_stage_is_fp16_safe():

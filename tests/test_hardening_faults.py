@@ -4,22 +4,28 @@ Load: 4 threads, each a ``DetectorClient`` classifying in a loop with a retry bu
 0.05 s doubling to 1 s, full jitter: ~9 s of waiting on average) that outlasts a restart.
 
 Bounds stated and checked:
-- killed stub, default model control: ``watch()`` notices it within one check (0.5 s) and restarts the server;
+Every time bound is derived from the configuration and from what the test measures on this machine first: the
+server's own cold start (``startup_s``), one health check under the load (``check_s``), the slowest answer
+before the fault. A recovery (stop, then start or reload) must take no longer than three cold starts.
+
+- killed stub, default model control: ``watch()`` notices it within 4 watchdog periods (0.5 s + ``check_s``)
+  and restarts the server;
   requests in flight die with the connection (UNAVAILABLE) and are retried, so the callers see no error at all.
 - killed stub, explicit model control: ``watch()`` reloads the model (the rest of the server keeps serving); the
   requests that reached the dead stub fail with INTERNAL "Stub process ... is not healthy" (the client does not
-  retry INTERNAL): at most 2 per client thread, all sent before the reload completed and answered within 3 s
-  after it.
+  retry INTERNAL): at most 2 per client thread, all sent before the reload completed, each answered by the
+  server (not left to the client's deadline).
 - killed server process: restarted on the same ports; the callers see no error.
 - ``restart()`` mid-load (graceful: drain in-flight requests, then replace the process): the callers see no error;
-  every request completes within the restart time + 3 s.
+  every request completes within the restart time + one retry wait (``backoff_max_s``) + gRPC's first reconnect
+  backoff (1 s, 20 % jitter) + the slowest answer before the restart.
 - a ``probe`` that fails ``failures_to_restart`` times in a row restarts the server.
 - a HUNG stub (SIGSTOP: alive, ready, never answering): the watchdog's inference probe (deadline 5 s, every
   0.5 s) fails while the python backend calls that model's stub "not healthy" (SIGSTOP) or the statistics show no
   successful inference of it since the previous probe (an execute that never returns); after 2 such rounds the
   stub is killed and the model reloaded (explicit model control) or the server restarted. Bound: detected within
   3 x (0.5 s + 5 s) + 4 s of slack = 20.5 s of the hang (the first failed round may still see the last
-  answers), serving again within 30 s of the detection.
+  answers), serving again within three cold starts of the detection.
 - a busy but healthy server (the same load, no hang) is never acted on by the probe.
 """
 
@@ -35,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import encode, photo_like
+from tests.figures import record
 from tests.test_hardening_support import repository_copy
 from triton_repo.server import InferenceProbe, ServerConfig, TritonServer
 
@@ -42,6 +49,8 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 THREADS = 4
 PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
+WATCH_INTERVAL_S = 0.5
+GRPC_RECONNECT_BACKOFF_S = 1.0 * 1.2  # gRPC's default initial reconnect backoff, at the top of its jitter
 
 
 class Load:
@@ -84,6 +93,37 @@ class Load:
     def succeeded_after(self, moment: float) -> int:
         return sum(1 for begin, _, outcome in self.records if outcome == "ok" and begin > moment)
 
+    def slowest_before(self, moment: float) -> float:
+        """The longest successful request that ended before ``moment``: this machine's latency under this load."""
+        return max(end - begin for begin, end, outcome in list(self.records) if outcome == "ok" and end < moment)
+
+
+class Started:
+    """``TritonServer`` entered with its cold start timed: ``startup_s`` is this machine's start-to-ready time."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.server = TritonServer(config)
+        self.startup_s = 0.0
+
+    def __enter__(self) -> Started:
+        began = time.monotonic()
+        self.server.__enter__()
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+
+def _check_seconds(server: TritonServer) -> float:
+    """The slowest of three health checks under the running load."""
+    times = []
+    for _ in range(3):
+        began = time.monotonic()
+        assert server.check_health() is None
+        times.append(time.monotonic() - began)
+    return max(times)
+
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
@@ -99,10 +139,12 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:
 )
 def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path: Path, explicit: bool, victim: str):
     repo = repository_copy(cpu_repository, tmp_path / "repo")
-    with TritonServer(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as server:
-        watchdog = server.watch(interval_s=0.5)
+    with Started(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as started:
+        server = started.server
+        watchdog = server.watch(interval_s=WATCH_INTERVAL_S)
         with Load(server.grpc_url) as load:
             _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
+            period_s = WATCH_INTERVAL_S + _check_seconds(server)
             before = {s.pid for s in server.stubs()}
             if victim == "tritonserver":
                 pid = server.process.pid
@@ -118,41 +160,51 @@ def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path:
         recovery = watchdog.recoveries[0]
 
     errors = load.errors()
-    print(f"{victim} (explicit={explicit}): detected {recovery.detected_at - killed_at:.2f} s after the kill, "
-          f"recovered in {recovery.recovered_s:.2f} s; {len(load.records)} requests, {len(errors)} errors "
-          f"answered {[round(end - killed_at, 2) for _, end, _ in errors]} s after the kill")
+    print(f"{victim} (explicit={explicit}): cold start {started.startup_s:.2f} s, watchdog period {period_s:.2f} s; "
+          f"detected {recovery.detected_at - killed_at:.2f} s after the kill, recovered in "
+          f"{recovery.recovered_s:.2f} s; {len(load.records)} requests, {len(errors)} errors answered "
+          f"{[round(end - recovered_at, 2) for _, end, _ in errors]} s after the recovery")
+    key = "server-process" if victim == "tritonserver" else ("stub-reload-explicit" if explicit else "stub-restart")
+    record("faults", key, startup_s=started.startup_s, detected_s=recovery.detected_at - killed_at,
+           recovered_s=recovery.recovered_s, requests=len(load.records), errors=len(errors))
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert ("detector" in recovery.reason) if victim != "tritonserver" else ("exited" in recovery.reason)
-    assert recovery.detected_at - killed_at < 2.0, "not noticed within a few checks"
-    assert recovery.recovered_s < 30.0
+    assert recovery.detected_at - killed_at < 4 * period_s, "not noticed within a few checks"
+    assert recovery.recovered_s < 3 * started.startup_s
     assert health is None, health
     assert pid not in after and after != before
     if explicit:
         assert all("InferenceError" in e[2] and "is not healthy" in e[2] for e in errors), errors
         assert len(errors) <= 2 * THREADS, errors
-        # a request already handed to the dead stub fails when the backend gives up on it (~2 s)
-        assert all(begin <= recovered_at and end <= recovered_at + 3.0 for begin, end, _ in errors), errors
+        # a request already handed to the dead stub fails when the backend gives up on it: answered by the
+        # server (the message above, not the client's deadline), and never one sent after the reload
+        assert all(begin <= recovered_at for begin, _, _ in errors), errors
     else:
         assert errors == [], errors[:5]
 
 
 def test_restart_mid_load_is_invisible_to_retrying_clients(cpu_repository: Path, tmp_path: Path):
     repo = repository_copy(cpu_repository, tmp_path / "repo")
-    with TritonServer(ServerConfig(model_repository=repo)) as server:
+    with Started(ServerConfig(model_repository=repo)) as started:
+        server = started.server
         grpc_url, stubs_before = server.grpc_url, {s.pid for s in server.stubs()}
         with Load(server.grpc_url) as load:
             _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
             began = time.monotonic()
+            slowest_s = load.slowest_before(began)
             restart_s = server.restart()
             done = time.monotonic()
             _wait_for(lambda: load.succeeded_after(done) >= 20, 30, "answers after the restart")
         assert server.grpc_url == grpc_url and server.check_health() is None
         assert not ({s.pid for s in server.stubs()} & stubs_before)
     across = [end - begin for begin, end, _ in load.records if begin < done and end > began]
+    bound_s = restart_s + load.config.backoff_max_s + GRPC_RECONNECT_BACKOFF_S + slowest_s
     print(f"restart took {restart_s:.2f} s; {len(load.records)} requests, {len(across)} spanning it, "
-          f"longest {max(across):.2f} s")
+          f"longest {max(across):.2f} s (bound {bound_s:.2f} s; slowest before {slowest_s:.2f} s)")
+    record("faults", "restart", startup_s=started.startup_s, restart_s=restart_s, requests=len(load.records),
+           errors=len(load.errors()), longest_s=max(across))
     assert load.errors() == [], load.errors()[:5]
-    assert max(across) < restart_s + 3.0
+    assert max(across) < bound_s
 
 
 def test_a_failing_probe_restarts_the_server(cpu_repository: Path, tmp_path: Path):
@@ -175,7 +227,7 @@ def test_a_failing_probe_restarts_the_server(cpu_repository: Path, tmp_path: Pat
 
 
 HANG_PROBE = InferenceProbe(deadline_s=5.0)
-HANG_DETECTION_BOUND_S = 3 * (0.5 + HANG_PROBE.deadline_s) + 4.0
+HANG_DETECTION_BOUND_S = 3 * (WATCH_INTERVAL_S + HANG_PROBE.deadline_s) + 4.0
 
 
 # Appended to the served copy of detector/1/model.py: the first execute after the flag file appears consumes it
@@ -209,8 +261,9 @@ def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, 
     if fault == "blocked-execute":
         with open(repo / "detector" / "1" / "model.py", "a") as source:
             source.write(BLOCKING_EXECUTE)
-    with TritonServer(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as server:
-        watchdog = server.watch(interval_s=0.5, hang_probe=HANG_PROBE)
+    with Started(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as started:
+        server = started.server
+        watchdog = server.watch(interval_s=WATCH_INTERVAL_S, hang_probe=HANG_PROBE)
         with Load(server.grpc_url) as load:
             _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
             time.sleep(2.0)  # a few good probes under load: nothing to act on
@@ -231,13 +284,17 @@ def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, 
         health = server.check_health()
     recovery = watchdog.recoveries[0]
     errors = load.errors()
-    print(f"hung detector stub ({fault}, explicit={explicit}): detected {recovery.detected_at - hung_at:.2f} s "
-          f"after the hang, recovered in {recovery.recovered_s:.2f} s; {len(load.records)} requests, "
+    print(f"hung detector stub ({fault}, explicit={explicit}): cold start {started.startup_s:.2f} s; "
+          f"detected {recovery.detected_at - hung_at:.2f} s after the hang, recovered in {recovery.recovered_s:.2f} s; "
+          f"{len(load.records)} requests, "
           f"{len(errors)} errors: {sorted({e[2][:60] for e in errors})}")
+    record("faults", f"{fault}-{'reload-explicit' if explicit else 'restart'}", startup_s=started.startup_s,
+           detected_s=recovery.detected_at - hung_at, recovered_s=recovery.recovered_s, requests=len(load.records),
+           errors=len(errors))
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert "detector" in recovery.reason and "hung" in recovery.reason, recovery.reason
     assert recovery.detected_at - hung_at < HANG_DETECTION_BOUND_S
-    assert recovery.recovered_s < 30.0
+    assert recovery.recovered_s < 3 * started.startup_s, started.startup_s
     assert health is None, health
     assert stub.pid not in {s.pid for s in server.stubs() if s.state != "Z"}
     # What callers see meanwhile: the requests the hung stub was given fail (INTERNAL "not healthy", or the

@@ -14,6 +14,7 @@ import pytest
 
 from core.preprocess import DecodeLimits, ImageDecodeError, decode_image
 from tests.conftest import encode, photo_like
+from tests.figures import record
 from tests.test_hardening_support import (
     ODD_EXIF,
     animation,
@@ -217,5 +218,7 @@ def test_a_flood_of_lying_headers_leaves_good_requests_served(triton_server):
             t.join()
     print(f"\n{len(rejected)} lying requests rejected in 4 s; good requests: median {np.median(quiet) * 1e3:.0f} ms "
           f"alone, {np.median(flooded) * 1e3:.0f} ms under the flood (max {max(flooded) * 1e3:.0f} ms)")
+    record("edges", "jpeg-flood", rejected=len(rejected), quiet_median_ms=float(np.median(quiet)) * 1e3,
+           flooded_median_ms=float(np.median(flooded)) * 1e3, flooded_max_ms=max(flooded) * 1e3)
     assert len(rejected) > 50 and all(rejected), (len(rejected), sum(rejected))
     assert float(np.median(flooded)) <= 10 * float(np.median(quiet)), (quiet, flooded)

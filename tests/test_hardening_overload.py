@@ -5,6 +5,15 @@ that rate open-loop for 10 s and checks: every request id is answered exactly on
 UNAVAILABLE rejection; answered latency stays bounded; the backlog drains within seconds; the server's memory
 (RSS of tritonserver + its python stubs, from /proc) grows less than 15 % from the end of warm-up to the end of the
 run.
+
+The bounds come from the served configuration and from what the test measures first, not from an idle machine:
+- latency and drain: the two stages' queue timeouts (a request waits at most that long before it is served or
+  rejected) plus one full batch of each stage at the measured saturation rate;
+- goodput: a collapse is goodput that decays while the overload lasts (queues that fill with requests that then
+  time out, latency that grows with the backlog). So the answered images per second in the last third of the run
+  must be at least half those of the first third, and requests accepted but then timed out in a queue at most 5 %
+  of the answered ones. Goodput against the saturation rate is printed, not bounded: the load generator shares
+  the 2 cores and takes most of them at twice the saturation rate, so that ratio measures the generator.
 """
 
 from __future__ import annotations
@@ -21,24 +30,47 @@ import pytest
 
 from core.metadata import DetectorMetadata
 from tests.conftest import encode, photo_like
+from tests.figures import record
 from tests.test_hardening_support import closed_loop, open_loop, repository_copy
 from triton_repo.layout import render_config
 from triton_repo.server import ServerConfig, TritonServer
 
 REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 MEMORY_GROWTH_BOUND = 0.15
-LATENCY_P99_BOUND_S = 3.0  # queue timeouts (0.5 s per stage) + one batch of each stage, with margin for 2 busy cores
+GOODPUT_DECAY_BOUND = 0.5
+TIMED_OUT_SHARE_BOUND = 0.05
+STAGES = ("preprocess", "detector")
+
+
+def _served_config(model: str):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(
+        render_config(model, "cpu", DetectorMetadata(backbone="resnet50", input_size=(64, 64))),
+        model_config_pb2.ModelConfig(),
+    )
+
+
+def _queue_timeout_s(model: str) -> float:
+    return _served_config(model).dynamic_batching.default_queue_policy.default_timeout_microseconds / 1e6
+
+
+def _queue_timeouts_s() -> float:
+    """The longest a request can wait in the queues: the sum of both stages' queue-policy timeouts."""
+    return sum(_queue_timeout_s(m) for m in STAGES)
+
+
+def _batches_s(rate: float) -> float:
+    """One full batch of each stage at ``rate`` requests per second."""
+    return sum(_served_config(m).max_batch_size for m in STAGES) / rate
 
 
 @pytest.mark.parametrize("model", ["preprocess", "detector"])
 def test_python_models_have_bounded_rejecting_queues(model):
-    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse(
-        render_config(model, "cpu", DetectorMetadata(backbone="resnet50", input_size=(64, 64))),
-        model_config_pb2.ModelConfig(),
-    )
+    config = _served_config(model)
     policy = config.dynamic_batching.default_queue_policy
     assert 0 < policy.max_queue_size <= 4 * config.max_batch_size
     assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
@@ -60,9 +92,9 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
         # Warm-up at the test's load until memory plateaus: ONNX Runtime's arena and the stubs' shared memory grow
         # with the largest batches and the most requests in flight, both bounded by the queue limits.
         asyncio.run(open_loop(url, payload, rate, seconds=5.0))
-        rss_start = server.rss_bytes()
+        rss_start, cpu_start = server.rss_bytes(), server.cpu_seconds()
         run = asyncio.run(open_loop(url, payload, rate, seconds=10.0))
-        rss_end = server.rss_bytes()
+        rss_end, cpu_used = server.rss_bytes(), server.cpu_seconds() - cpu_start
         healthy = server.check_health()
         time.sleep(2.5)  # Triton refreshes its Prometheus counters every 2 s
         with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
@@ -94,8 +126,18 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     ok_latency = np.array([latency for _, _, latency in ok])
     rejected_latency = np.array([latency for _, _, latency in rejected]) if rejected else np.zeros(1)
     growth = rss_end / rss_start - 1
+    latency_bound_s = _queue_timeouts_s() + _batches_s(saturation)
+    # When each answered request came back, from its send time (index / rate) and its latency.
+    answered_at = np.array([index / rate + a[0][2] for index, a in answers.items() if a[0][0] == "ok"])
+    third = run["send_s"] / 3
+    first_rps = np.sum(answered_at < third) / third
+    last_rps = np.sum((answered_at >= 2 * third) & (answered_at < 3 * third)) / third
     figures = {
         "saturation_rps": round(saturation, 1),
+        "served_rps_first_third": round(float(first_rps), 1),
+        "served_rps_last_third": round(float(last_rps), 1),
+        "server_cpu_cores": round(cpu_used / (run["send_s"] + run["drain_s"]), 2),
+        "latency_bound_s": round(latency_bound_s, 2),
         "offered_rps": round(rate, 1),
         "sent": run["sent"],
         "send_s": round(run["send_s"], 2),
@@ -114,14 +156,14 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     }
     print("overload figures:", figures)
     assert healthy is None, healthy
-    assert run["send_s"] < 11.0, f"the load generator could not keep the rate: {figures}"
-    # Goodput must not collapse. The load generator, offering twice the saturation rate, shares the 2 cores with the
-    # server and takes most of them (measured: the server kept 19-24 % of its saturation rate), so the bound is 10 %
-    # of saturation; a collapse (every request timing out or rejected) serves none.
-    assert figures["served_rps"] > 0.1 * saturation, figures
-    assert figures["ok_p99_s"] < LATENCY_P99_BOUND_S, figures
-    assert figures["rejected_p50_s"] < 1.5, f"rejections must come quickly: {figures}"
-    assert run["drain_s"] < LATENCY_P99_BOUND_S + 1.0, figures
+    assert run["send_s"] < 1.1 * 10.0, f"the load generator could not keep the rate: {figures}"
+    # Goodput must not collapse: the server's CPU goes to requests it answers, not to ones that then time out.
+    assert last_rps >= GOODPUT_DECAY_BOUND * first_rps > 0, figures
+    assert figures["rejected_timeout"] <= TIMED_OUT_SHARE_BOUND * len(ok), figures
+    assert figures["ok_p99_s"] < latency_bound_s, figures
+    # Most refusals are queue-full ones, answered at once: the median comes before any queue timeout could fire.
+    assert figures["rejected_p50_s"] < min(_queue_timeout_s(m) for m in STAGES), f"rejections come late: {figures}"
+    assert run["drain_s"] < latency_bound_s, figures
     assert growth < MEMORY_GROWTH_BOUND, figures
 
     # Pinned (Triton 2.51): requests refused for a full queue are not counted under reason="REJECTED" by any
@@ -129,6 +171,11 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     failures = {(m, r): float(v) for m, r, v in re.findall(
         r'nv_inference_request_failure\{model="([^"]+)",reason="([^"]+)",version="1"\} (\S+)', metrics)}
     print("failure counters after the overload:", {k: v for k, v in failures.items() if v})
+    record("overload", "run", **{k: figures[k] for k in (
+        "saturation_rps", "offered_rps", "sent", "ok", "served_rps", "rejected_queue_full", "rejected_timeout",
+        "ok_p50_s", "ok_p99_s", "drain_s", "rss_start_mb", "rss_end_mb")},
+        rejected_p50_ms=figures["rejected_p50_s"] * 1e3,
+        ensemble_other_failures=failures.get(("deepfake_detector", "OTHER"), 0.0))
     if figures["rejected_queue_full"]:
         assert failures and all(v == 0 for (_, reason), v in failures.items() if reason == "REJECTED"), failures
 

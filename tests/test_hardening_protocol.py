@@ -20,6 +20,7 @@ import pytest
 
 from core.preprocess import REJECTION_REASONS
 from tests.conftest import encode, photo_like
+from tests.figures import record
 from tests.test_hardening_support import infer, jpeg_claiming
 
 pytestmark = pytest.mark.triton
@@ -163,4 +164,5 @@ def test_a_rejected_oversized_payload_stays_in_the_servers_shared_memory(cpu_rep
         after = shm_bytes()
         assert infer(server.grpc_url, GOOD).as_numpy("PROB_FAKE").shape == (1, 1)
     print(f"/dev/shm of the server: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB after 3 rejected 40 MiB payloads")
+    record("edges", "oversized-direct", shm_before_mib=before / 2**20, shm_after_mib=after / 2**20)
     assert after >= before + 40 * 2**20

@@ -253,6 +253,14 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (utime and stime of /proc/<pid>/stat); 0 once it is gone."""
+    fields = (_read(f"/proc/{pid}/stat") or "").rsplit(")", 1)[-1].split()
+    if len(fields) < 13:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class InferenceProbe:
     """One request through the served ensemble, answered within ``deadline_s``: a small PNG must come back with
@@ -602,6 +610,13 @@ class TritonServer:
         if process is None:
             return 0
         return _rss_bytes(process.pid) + sum(_rss_bytes(pid) for pid in _children(process.pid))
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server and its stubs have used so far (user + system, from /proc)."""
+        process = self.process
+        if process is None:
+            return 0.0
+        return _cpu_seconds(process.pid) + sum(_cpu_seconds(pid) for pid in _children(process.pid))
 
     def admin_headers(self, grpc: bool = False) -> dict[str, str]:
         """The headers that open the restricted APIs of this server ({} when they are open)."""

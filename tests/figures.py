@@ -1,0 +1,204 @@
+"""Figures the tests measure, recorded in committed result files, and the documents' tables rendered from them.
+
+A test calls ``record(table, row, **figures)`` with what it measured. Under ``FMDETECT_RECORD_FIGURES=1`` the run is
+added to ``docs/figures/<table>.json`` (the last ``RUNS_KEPT`` runs of each row, each with its date, commit and
+core count); otherwise nothing is written. The documents hold each table between ``<!-- figures:<table> -->`` and
+``<!-- /figures:<table> -->``. ``python -m tests.figures`` rewrites those blocks from the committed records, and
+``tests/test_docs_figures.py`` fails when a block is not the rendering of its record, so a document cannot show a
+figure that no committed file holds.
+
+To refresh: ``FMDETECT_RECORD_FIGURES=1 python -m pytest tests/test_hardening_faults.py ...`` (each run adds one),
+then ``python -m tests.figures``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import string
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "docs" / "figures"
+RUNS_KEPT = 5
+ENV = "FMDETECT_RECORD_FIGURES"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: its id in the records, its label, and cell templates that replace the table's."""
+
+    key: str
+    label: str
+    cells: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table in ``document``: ``columns`` are (header, template); a template's ``{field:format}`` becomes the
+    range of that field over the recorded runs ("0.21-0.39"), or one value when they agree. With ``per_run`` every
+    run of the single row ``"run"`` is a line of its own instead."""
+
+    document: str
+    columns: tuple[tuple[str, str], ...]
+    rows: tuple[Row, ...] = ()
+    per_run: bool = False
+
+
+TABLES: dict[str, Table] = {
+    "faults": Table(
+        document="triton_repo/README.md",
+        columns=(
+            ("fault", ""),
+            ("runs", "{runs}"),
+            ("cold start", "{startup_s:.2f} s"),
+            ("noticed after", "{detected_s:.2f} s"),
+            ("recovered in", "{recovered_s:.2f} s"),
+            ("requests", "{requests}"),
+            ("failed requests", "{errors}"),
+        ),
+        rows=(
+            Row("stub-restart", "detector stub SIGKILLed, default model control (restart)"),
+            Row("stub-reload-explicit", "detector stub SIGKILLed, explicit model control (reload)"),
+            Row("server-process", "`tritonserver` SIGKILLed (restart)"),
+            Row("restart", "`restart()` mid-load", {"noticed after": "-", "recovered in": "{restart_s:.2f} s",
+                                                     "failed requests": "{errors}; longest {longest_s:.2f} s"}),
+            Row("sigstop-restart", "detector stub SIGSTOPped (hung), default model control (restart)"),
+            Row("sigstop-reload-explicit", "detector stub SIGSTOPped (hung), explicit model control (reload)"),
+            Row("blocked-execute-restart", "detector `execute` never returns, default model control (restart)"),
+        ),
+    ),
+    "overload": Table(
+        document="triton_repo/README.md",
+        columns=(
+            ("date", "{date}"),
+            ("saturation", "{saturation_rps:.0f} req/s"),
+            ("offered", "{offered_rps:.0f} req/s, {sent} requests"),
+            ("answered OK", "{ok} ({served_rps:.0f} req/s)"),
+            ("rejected (queue full / timed out)", "{rejected_queue_full} / {rejected_timeout}"),
+            ("OK p50 / p99", "{ok_p50_s:.2f} s / {ok_p99_s:.2f} s"),
+            ("rejection p50", "{rejected_p50_ms:.0f} ms"),
+            ("drain", "{drain_s:.2f} s"),
+            ("RSS tritonserver + stubs", "{rss_start_mb:.0f} -> {rss_end_mb:.0f} MB"),
+            ("ensemble failures counted (`OTHER`)", "{ensemble_other_failures:.0f}"),
+        ),
+        per_run=True,
+    ),
+    "edges": Table(
+        document="triton_repo/README.md",
+        columns=(("what", ""), ("runs", "{runs}"), ("measured", ""), ("test", "")),
+        rows=(
+            Row("jpeg-flood", "8 callers flood header-lying JPEGs for 4 s; a 9th sends 1 MP photos",
+                {"measured": "{rejected} flood requests rejected; the 9th caller's median {flooded_median_ms:.0f} ms "
+                             "(max {flooded_max_ms:.0f} ms) against {quiet_median_ms:.0f} ms without the flood",
+                 "test": "`tests/test_hardening_inputs.py`"}),
+            Row("oversized-direct", "3 payloads of 40 MiB sent straight to tritonserver",
+                {"measured": "/dev/shm {shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB, kept after the rejection",
+                 "test": "`tests/test_hardening_protocol.py`"}),
+            Row("oversized-proxied", "45 + 5 payloads of 34 MiB through `make cluster`'s nginx (2 replicas)",
+                {"measured": "all refused (413); RSS {rss_before_mib:.0f} -> {rss_after_mib:.0f} MiB, /dev/shm "
+                             "{shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB",
+                 "test": "`tests/test_cluster.py`"}),
+        ),
+    ),
+}
+
+
+def record(table: str, row: str, **figures: object) -> None:
+    """Add one run of ``row`` to ``docs/figures/<table>.json`` when recording is on (``FMDETECT_RECORD_FIGURES``)."""
+    if os.environ.get(ENV, "") in ("", "0"):
+        return
+    if table not in TABLES:
+        raise KeyError(f"no table named {table!r} in tests/figures.py")
+    path = RECORDS / f"{table}.json"
+    data = json.loads(path.read_text()) if path.exists() else {"table": table, "rows": {}}
+    run = {"date": dt.date.today().isoformat(), "commit": _commit(), "cores": os.cpu_count(), **figures}
+    runs = data["rows"].setdefault(row, [])
+    runs.append(run)
+    del runs[:-RUNS_KEPT]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load(table: str) -> dict[str, list[dict]]:
+    """The committed runs of ``table``, per row."""
+    return json.loads((RECORDS / f"{table}.json").read_text())["rows"]
+
+
+def _cell(template: str, runs: list[dict]) -> str:
+    """``template`` filled with each field's range over ``runs``; ``{runs}`` is the number of runs."""
+    out = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if name == "runs":
+            out.append(str(len(runs)))
+            continue
+        values = [run[name] for run in runs]
+        texts = sorted({format(v, spec) for v in values}, key=lambda t: float(t) if _is_number(t) else 0.0)
+        out.append(texts[0] if len(texts) == 1 else f"{texts[0]}-{texts[-1]}")
+    return "".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def render(name: str, rows: dict[str, list[dict]] | None = None) -> str:
+    """The markdown table ``name`` from its records (the committed ones unless ``rows`` is given)."""
+    spec = TABLES[name]
+    rows = load(name) if rows is None else rows
+    headers = [header for header, _ in spec.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    if spec.per_run:
+        for run in rows["run"]:
+            lines.append("| " + " | ".join(_cell(t, [run]) for _, t in spec.columns) + " |")
+    else:
+        for row in spec.rows:
+            runs = rows[row.key]
+            cells = [row.label] + [_cell(row.cells.get(h, t), runs) for h, t in spec.columns[1:]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def block_pattern(name: str) -> re.Pattern[str]:
+    """Open marker, table (absent in a new block), close marker."""
+    return re.compile(rf"(<!-- figures:{name} -->\n)(?:(.*?)\n)?(<!-- /figures:{name} -->)", re.S)
+
+
+def write_documents() -> list[str]:
+    """Rewrite every table block from the committed records; returns the documents changed."""
+    changed = []
+    for name, spec in TABLES.items():
+        path = ROOT / spec.document
+        text = path.read_text()
+        new, count = block_pattern(name).subn(lambda m: m.group(1) + render(name) + "\n" + m.group(3), text)
+        if count != 1:
+            raise SystemExit(f"{spec.document} must hold one block <!-- figures:{name} --> ... (found {count})")
+        if new != text:
+            path.write_text(new)
+            changed.append(spec.document)
+    return changed
+
+
+if __name__ == "__main__":
+    for document in write_documents():
+        print(f"rewrote {document}", file=sys.stderr)
