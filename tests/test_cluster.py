@@ -156,6 +156,12 @@ def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: C
     assert rss_after <= 1.1 * rss_before and shm_after <= 1.1 * shm_before
 
 
+def _client_body_timeout_s() -> float:
+    """``client_body_timeout`` of the balancer's nginx configuration, in seconds."""
+    template = (ROOT / "deploy" / "nginx.conf.template").read_text()
+    return float(re.search(r"client_body_timeout (\d+)s;", template).group(1))
+
+
 def test_a_cut_chunked_body_is_dropped_by_the_balancer(cluster: Cluster):
     """A request whose chunked body stops mid-way: Triton alone holds it open for good
     (tests/test_hardening_protocol.py); nginx's client_body_timeout (10 s) answers 408 and closes it."""
@@ -172,7 +178,9 @@ def test_a_cut_chunked_body_is_dropped_by_the_balancer(cluster: Cluster):
         waited = time.monotonic() - began
     print(f"cut chunked body: closed after {waited:.1f} s with {answer[:40]!r}")
     assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer[:200]
-    assert 9.0 <= waited <= 25.0
+    # nginx's timer starts at its last read, just before ours; it fires on its event loop's next pass
+    timeout_s = _client_body_timeout_s()
+    assert timeout_s - 1.0 <= waited <= 2 * timeout_s, (waited, timeout_s)
 
 
 def test_perf_runs_unchanged_through_the_balancer(cluster: Cluster, tmp_path: Path):

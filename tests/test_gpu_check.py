@@ -4,7 +4,6 @@ the report files are written, and it takes seconds. The GPU path itself runs onl
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the GPU path runs instead")
 def test_dry_path_skips_every_check_with_its_reason(tmp_path: Path) -> None:
-    began = time.monotonic()
     assert gpu_check.main(["--out", str(tmp_path)]) == 0
-    elapsed = time.monotonic() - began
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
     assert list(checks) == list(gpu_check.CHECKS)
@@ -26,7 +23,6 @@ def test_dry_path_skips_every_check_with_its_reason(tmp_path: Path) -> None:
     summary = (tmp_path / "gpu_check.md").read_text()
     assert all(f"| {name} | skipped |" in summary for name in checks)
     assert report["environment"]["torch"] == torch.__version__
-    assert elapsed < 60, elapsed
 
 
 def test_unknown_check_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
