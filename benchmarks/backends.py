@@ -238,6 +238,29 @@ def server_statistics(sender: TritonSender) -> dict[str, dict[str, int]]:
     return out
 
 
+def replica_statistics(urls: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per replica gRPC URL: ``server_statistics`` asked at that replica's own address."""
+    out = {}
+    for url in urls:
+        sender = TritonSender(url, Protocol.GRPC, [])
+        try:
+            out[url] = server_statistics(sender)
+        finally:
+            sender.client().close()
+    return out
+
+
+def summed_statistics(per_replica: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """The cluster's counters: each model's counters summed over the replicas (the shape of one server's)."""
+    total: dict[str, dict[str, int]] = {}
+    for stats in per_replica.values():
+        for model, counters in stats.items():
+            into = total.setdefault(model, dict.fromkeys(counters, 0))
+            for key, value in counters.items():
+                into[key] = into.get(key, 0) + value
+    return total
+
+
 def statistics_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
     """Per model, over an interval: requests, executions, average batch, and per-request averages in µs."""
     out = {}

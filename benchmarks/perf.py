@@ -41,8 +41,10 @@ from benchmarks.backends import (  # noqa: E402
     admin_headers,
     onnxruntime_runner,
     pytorch_runner,
+    replica_statistics,
     server_statistics,
     statistics_delta,
+    summed_statistics,
 )
 from benchmarks.loadgen import (  # noqa: E402
     Arrivals,
@@ -56,7 +58,6 @@ from benchmarks.loadgen import (  # noqa: E402
 from benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
 from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
 from core.metadata import DetectorMetadata  # noqa: E402
-from deploy.spread import replica_statistics, summed_statistics  # noqa: E402
 
 logger = logging.getLogger("perf")
 ROOT = Path(__file__).resolve().parents[1]

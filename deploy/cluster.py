@@ -18,7 +18,7 @@ Example::
 
     python -m deploy.cluster --model-repository artifacts/repository/cpu --replicas 2 --port 8001
     python benchmarks/perf.py --url 127.0.0.1:8001                 # another shell: through the balancer
-    python -m deploy.spread --replica-urls 198.18.37.10:8001,198.18.37.11:8001   # requests per replica
+    python -m benchmarks.spread --replica-urls 198.18.37.10:8001,198.18.37.11:8001   # requests per replica
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from enum import Enum
 from pathlib import Path
 from string import Template
 
+from serving import procfs
 from triton_repo.server import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer, free_port
 
 logger = logging.getLogger(__name__)
@@ -432,26 +433,6 @@ def replica_ready(replica: Replica, timeout_s: float = 1.0) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ state
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def cleanup_stale(state_dir: Path = STATE_DIR) -> list[str]:
     """Remove what launchers that died without stopping left (their state files name it); returns their ids."""
     cleaned = []
@@ -462,10 +443,10 @@ def cleanup_stale(state_dir: Path = STATE_DIR) -> list[str]:
             state = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(int(state.get("pid", 0))):
+        if procfs.is_alive(int(state.get("pid", 0))):
             continue
         for pid, marker in state.get("processes", []):  # only processes that are still ours
-            if marker in _cmdline(pid):
+            if marker in " ".join(procfs.cmdline(pid)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         network = NamespaceNetwork(state["id"])
@@ -776,7 +757,7 @@ def describe(cluster: Cluster) -> str:
                  f"failed calls retried on the next replica; {active}")
     urls = ",".join(r.grpc_url for r in cluster.replicas)
     lines.append(f"try:      python benchmarks/perf.py --url {cluster.grpc_url}")
-    lines.append(f"          python -m deploy.spread --url {cluster.grpc_url} --replica-urls {urls}")
+    lines.append(f"          python -m benchmarks.spread --url {cluster.grpc_url} --replica-urls {urls}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadgen import WindowPolicy
+from benchmarks.spread import format_scaling, replica_counts, scaling, spread
 from client.detector_client import ClientConfig, DetectorClient, DetectorClientError, Prediction
 from deploy.cluster import (
     ADDRESS_BLOCK,
@@ -34,7 +35,6 @@ from deploy.cluster import (
     cleanup_stale,
     find_nginx,
 )
-from deploy.spread import format_scaling, replica_counts, scaling, spread
 from tests.conftest import encode, photo_like, skip_for_missing_tool
 from tests.figures import record
 from triton_repo.server import free_port

@@ -9,11 +9,12 @@ run.
 The bounds come from the served configuration and from what the test measures first, not from an idle machine:
 - latency and drain: the two stages' queue timeouts (a request waits at most that long before it is served or
   rejected) plus one full batch of each stage at the measured saturation rate;
-- goodput: a collapse is goodput that decays while the overload lasts (queues that fill with requests that then
-  time out, latency that grows with the backlog). So the answered images per second in the last third of the run
-  must be at least half those of the first third, and requests accepted but then timed out in a queue at most 5 %
-  of the answered ones. Goodput against the saturation rate is printed, not bounded: the load generator shares
-  the 2 cores and takes most of them at twice the saturation rate, so that ratio measures the generator.
+- goodput: a collapse is the server spending its work on requests that then time out in a queue (congestion
+  collapse), with latency growing with the backlog. So requests accepted but then timed out are at most 5 % of
+  the answered ones, and the latency bound above holds. Goodput itself (against the saturation rate, and the
+  last third of the run against the first) is printed, not bounded: the load generator shares the 2 cores and
+  takes most of them at twice the saturation rate, so those ratios measure the generator and the machine's
+  other jobs (measured: the last third 0.5x to 1.2x the first on a busy machine, with no timeout at all).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from triton_repo.server import ServerConfig, TritonServer
 
 REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 MEMORY_GROWTH_BOUND = 0.15
-GOODPUT_DECAY_BOUND = 0.5
 TIMED_OUT_SHARE_BOUND = 0.05
 STAGES = ("preprocess", "detector")
 
@@ -158,7 +158,7 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     assert healthy is None, healthy
     assert run["send_s"] < 1.1 * 10.0, f"the load generator could not keep the rate: {figures}"
     # Goodput must not collapse: the server's CPU goes to requests it answers, not to ones that then time out.
-    assert last_rps >= GOODPUT_DECAY_BOUND * first_rps > 0, figures
+    assert len(ok) > 0 and first_rps > 0 and last_rps > 0, figures
     assert figures["rejected_timeout"] <= TIMED_OUT_SHARE_BOUND * len(ok), figures
     assert figures["ok_p99_s"] < latency_bound_s, figures
     # Most refusals are queue-full ones, answered at once: the median comes before any queue timeout could fire.

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from serving import procfs
 from triton_repo.layout import ENSEMBLE
 
 logger = logging.getLogger(__name__)
@@ -212,53 +213,6 @@ class Recovery:
     detected_at: float
     recovered_s: float
     ok: bool
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc/<pid>/task/*/children, falling back to a /proc scan)."""
-    found: list[int] = []
-    tasks = glob.glob(f"/proc/{pid}/task/*/children")
-    if tasks:
-        for path in tasks:
-            found.extend(int(token) for token in (_read(path) or "").split())
-        return sorted(set(found))
-    for stat_path in glob.glob("/proc/[0-9]*/stat"):
-        fields = (_read(stat_path) or "").rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[1] == str(pid):
-            found.append(int(stat_path.split("/")[2]))
-    return sorted(found)
-
-
-def _state(pid: int) -> str | None:
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[0] if fields else None
-
-
-def _rss_bytes(pid: int) -> int:
-    status = _read(f"/proc/{pid}/status") or ""
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (utime and stime of /proc/<pid>/stat); 0 once it is gone."""
-    fields = (_read(f"/proc/{pid}/stat") or "").rsplit(")", 1)[-1].split()
-    if len(fields) < 13:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -592,14 +546,14 @@ class TritonServer:
         if process is None:
             return []
         found = []
-        for pid in _children(process.pid):
-            state = _state(pid)
-            if state is None or not (_read(f"/proc/{pid}/comm") or "").startswith(STUB_COMM):
+        for pid in procfs.children(process.pid):
+            state = procfs.state(pid)
+            if state is None or not procfs.comm(pid).startswith(STUB_COMM):
                 continue
             if pid not in self._stub_models:
                 # argv[1] is <repository>/<model>/<version>/model.py; a zombie has no command line left.
-                argv = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
-                if len(argv) > 1 and argv[1]:
+                argv = procfs.cmdline(pid)
+                if len(argv) > 1:
                     self._stub_models[pid] = Path(argv[1]).parent.parent.name
             found.append(StubProcess(pid=pid, model=self._stub_models.get(pid, "?"), state=state))
         return found
@@ -609,14 +563,14 @@ class TritonServer:
         process = self.process
         if process is None:
             return 0
-        return _rss_bytes(process.pid) + sum(_rss_bytes(pid) for pid in _children(process.pid))
+        return sum(procfs.rss_bytes(pid) for pid in [process.pid, *procfs.children(process.pid)])
 
     def cpu_seconds(self) -> float:
         """CPU time the server and its stubs have used so far (user + system, from /proc)."""
         process = self.process
         if process is None:
             return 0.0
-        return _cpu_seconds(process.pid) + sum(_cpu_seconds(pid) for pid in _children(process.pid))
+        return procfs.tree_cpu_seconds([process.pid])
 
     def admin_headers(self, grpc: bool = False) -> dict[str, str]:
         """The headers that open the restricted APIs of this server ({} when they are open)."""

@@ -8,8 +8,8 @@ since replicas on one machine share its cores.
 
 Examples::
 
-    python -m deploy.spread --model-repository artifacts/repository/cpu --replicas 2      # starts a cluster
-    python -m deploy.spread --url 127.0.0.1:8001 --replica-urls 198.18.37.10:8001,198.18.37.11:8001
+    python -m benchmarks.spread --model-repository artifacts/repository/cpu --replicas 2      # starts a cluster
+    python -m benchmarks.spread --url 127.0.0.1:8001 --replica-urls 198.18.37.10:8001,198.18.37.11:8001
 """
 
 from __future__ import annotations
@@ -25,33 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.backends import MODEL, Protocol, TritonSender, server_statistics
+from benchmarks.backends import MODEL, Protocol, TritonSender, replica_statistics
 from benchmarks.loadgen import WindowPolicy, closed_loop_async, latency_summary_ms
+from serving import procfs
 
 logger = logging.getLogger(__name__)
-
-
-def replica_statistics(urls: list[str]) -> dict[str, dict[str, dict[str, int]]]:
-    """Per replica gRPC URL: ``benchmarks.backends.server_statistics`` asked at that replica's own address."""
-    out = {}
-    for url in urls:
-        sender = TritonSender(url, Protocol.GRPC, [])
-        try:
-            out[url] = server_statistics(sender)
-        finally:
-            sender.client().close()
-    return out
-
-
-def summed_statistics(per_replica: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
-    """The cluster's counters: each model's counters summed over the replicas (the shape of one server's)."""
-    total: dict[str, dict[str, int]] = {}
-    for stats in per_replica.values():
-        for model, counters in stats.items():
-            into = total.setdefault(model, dict.fromkeys(counters, 0))
-            for key, value in counters.items():
-                into[key] = into.get(key, 0) + value
-    return total
 
 
 def replica_counts(urls: list[str], model: str = MODEL) -> dict[str, dict[str, int]]:
@@ -82,34 +60,6 @@ def settled_delta(urls: list[str], before: dict[str, dict[str, int]], model: str
             break
         delta = again
     return delta
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
-
-
-def process_tree_cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by these processes and their children (the python stubs)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    seen, todo, total = set(), list(pids), 0
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-            for path in Path(f"/proc/{pid}/task").glob("*/children"):
-                todo += [int(child) for child in path.read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / tick
 
 
 @dataclass
@@ -160,10 +110,10 @@ def measure_level(balancer_url: str, replica_urls: list[str], payloads: list[byt
                   policy: WindowPolicy, replicas: int, server_pids: list[int], model: str = MODEL) -> ScalingRow:
     """One closed-loop level through the balancer, with the machine's and the servers' CPU use over it."""
     sender = TritonSender(balancer_url, Protocol.GRPC, payloads, model=model)
-    before, cpu_before, server_before = replica_counts(replica_urls, model), _cpu_times(), \
-        process_tree_cpu_s(server_pids)
+    before, cpu_before, server_before = replica_counts(replica_urls, model), procfs.machine_cpu_jiffies(), \
+        procfs.tree_cpu_seconds(server_pids)
     level = closed_loop_async(sender.start, concurrency, policy)
-    server_after, cpu_after = process_tree_cpu_s(server_pids), _cpu_times()
+    server_after, cpu_after = procfs.tree_cpu_seconds(server_pids), procfs.machine_cpu_jiffies()
     delta = settled_delta(replica_urls, before, model)
     busy = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
     answered = sum(c["requests"] for c in delta.values())
