@@ -242,13 +242,44 @@ def backoff_delay(attempt: int, config: ClientConfig, rand: Callable[[], float] 
     return ceiling * rand()
 
 
+def retry_decision(
+    exc: InferenceServerException, attempt: int, config: ClientConfig, rand: Callable[[], float] = random.random
+) -> tuple[DetectorClientError, float | None]:
+    """What to do after attempt ``attempt`` (0-based) failed with ``exc``: its mapped error, and the seconds to wait
+    before trying again, or None to give up (not retryable, or ``config.retries`` used)."""
+    error = error_from_triton(exc)
+    if not is_retryable(error) or attempt >= config.retries:
+        return error, None
+    delay = backoff_delay(attempt, config, rand)
+    logger.info("%s; retry %d/%d in %.3f s", error.message, attempt + 1, config.retries, delay)
+    return error, delay
+
+
+def readiness_wait(problem: DetectorClientError, deadline: float, poll_interval_s: float) -> float:
+    """Seconds to wait before the next round of health checks after ``problem``; raises it once ``deadline``
+    (``time.monotonic()``) has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise problem
+    logger.info("waiting for the server: %s", problem.message)
+    return min(poll_interval_s, remaining)
+
+
+def failed_batch_outcomes(error: DetectorClientError, size: int) -> list[DetectorClientError] | None:
+    """The outcomes of a request of ``size`` images that failed with ``error``, or None when the request must be
+    sent again one image per request: a rejected image in a batch fails only itself; any other error, all."""
+    if isinstance(error, InvalidImageError) and size > 1:
+        return None
+    return [error] * size
+
+
 def _call_with_retries(
     call: Callable[[], T],
     config: ClientConfig,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
 ) -> T:
-    """Run ``call`` (one gRPC request), retrying retryable failures up to ``config.retries`` times.
+    """Run ``call`` (one gRPC request), retrying as ``retry_decision`` says.
 
     Raises:
         DetectorClientError: the mapped failure of the last attempt.
@@ -258,12 +289,10 @@ def _call_with_retries(
         try:
             return call()
         except InferenceServerException as exc:
-            error = error_from_triton(exc)
-            if not is_retryable(error) or attempt >= config.retries:
+            error, delay = retry_decision(exc, attempt, config, rand)
+            if delay is None:
                 raise error from exc
-        delay = backoff_delay(attempt, config, rand)
         attempt += 1
-        logger.info("%s; retry %d/%d in %.3f s", error.message, attempt, config.retries, delay)
         sleep(delay)
 
 
@@ -273,18 +302,16 @@ async def _acall_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
 ) -> T:
-    """Asyncio twin of ``_call_with_retries``; ``call`` returns a fresh awaitable per attempt."""
+    """Asyncio form of ``_call_with_retries``; ``call`` returns a fresh awaitable per attempt."""
     attempt = 0
     while True:
         try:
             return await call()
         except InferenceServerException as exc:
-            error = error_from_triton(exc)
-            if not is_retryable(error) or attempt >= config.retries:
+            error, delay = retry_decision(exc, attempt, config, rand)
+            if delay is None:
                 raise error from exc
-        delay = backoff_delay(attempt, config, rand)
         attempt += 1
-        logger.info("%s; retry %d/%d in %.3f s", error.message, attempt, config.retries, delay)
         await sleep(delay)
 
 
@@ -428,15 +455,8 @@ class DetectorClient:
         """
         self._check_open()
         deadline = time.monotonic() + timeout_s
-        while True:
-            problem = self._probe()
-            if problem is None:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise problem
-            logger.info("waiting for the server: %s", problem.message)
-            time.sleep(min(poll_interval_s, remaining))
+        while (problem := self._probe()) is not None:
+            time.sleep(readiness_wait(problem, deadline, poll_interval_s))
 
     def served_detector(self) -> dict[str, str]:
         """Which detector the server runs: the ensemble's config parameters (``detector_sha256``, ``threshold``,
@@ -480,11 +500,10 @@ class DetectorClient:
     def _batch_or_errors(self, images: list[bytes]) -> list[Prediction | DetectorClientError]:
         try:
             return list(self._classify_batch(images))
-        except InvalidImageError as error:
-            if len(images) == 1:
-                return [error]
         except DetectorClientError as error:
-            return [error] * len(images)
+            failed = failed_batch_outcomes(error, len(images))
+        if failed is not None:
+            return failed
         return [outcome for image in images for outcome in self._batch_or_errors([image])]  # isolate the bad one
 
     def classify_many(self, images: Iterable[bytes]) -> list[Prediction | DetectorClientError]:
@@ -567,15 +586,8 @@ class AsyncDetectorClient:
             ModelNotReadyError: the server is up but the model is not ready when time runs out.
         """
         deadline = time.monotonic() + timeout_s
-        while True:
-            problem = await self._probe()
-            if problem is None:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise problem
-            logger.info("waiting for the server: %s", problem.message)
-            await asyncio.sleep(min(poll_interval_s, remaining))
+        while (problem := await self._probe()) is not None:
+            await asyncio.sleep(readiness_wait(problem, deadline, poll_interval_s))
 
     async def classify(self, image: bytes) -> Prediction:
         """Classify one encoded image; waits for a free slot when ``max_in_flight`` requests are out.
@@ -604,11 +616,10 @@ class AsyncDetectorClient:
     async def _batch_or_errors(self, images: list[bytes]) -> list[Prediction | DetectorClientError]:
         try:
             return list(await self._classify_batch(images))
-        except InvalidImageError as error:
-            if len(images) == 1:
-                return [error]
         except DetectorClientError as error:
-            return [error] * len(images)
+            failed = failed_batch_outcomes(error, len(images))
+        if failed is not None:
+            return failed
         singles = await asyncio.gather(*(self._batch_or_errors([image]) for image in images))
         return [outcome for outcomes in singles for outcome in outcomes]
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ from client.detector_client import (
     _call_with_retries,
     backoff_delay,
     error_from_triton,
+    failed_batch_outcomes,
+    readiness_wait,
+    retry_decision,
 )
 from triton_repo.server import free_port
 
@@ -115,6 +119,32 @@ def test_retries_unavailable_with_capped_exponential_backoff_then_raises():
     assert call.calls == 4  # the first attempt + 3 retries
     assert sleeps == pytest.approx([0.1, 0.2, 0.3])  # doubling, capped at backoff_max_s
     assert isinstance(info.value.__cause__, InferenceServerException)
+
+
+def test_retry_decision_waits_or_gives_up():
+    """The one decision both retry loops (sync and asyncio) take after a failed attempt."""
+    config = _retry_config()
+    error, delay = retry_decision(_triton_error("StatusCode.UNAVAILABLE"), 1, config, rand=lambda: 1.0)
+    assert isinstance(error, ServerUnavailableError) and delay == pytest.approx(0.2)
+    error, delay = retry_decision(_triton_error("StatusCode.UNAVAILABLE"), 3, config, rand=lambda: 1.0)
+    assert isinstance(error, ServerUnavailableError) and delay is None  # retries used up
+    error, delay = retry_decision(_triton_error("StatusCode.INVALID_ARGUMENT", "bad image"), 0, config)
+    assert not isinstance(error, ServerUnavailableError) and delay is None  # not retryable
+
+
+def test_readiness_wait_polls_until_the_deadline_then_raises_the_problem():
+    problem = ServerUnavailableError("not ready")
+    assert readiness_wait(problem, time.monotonic() + 10, 0.5) == 0.5
+    assert 0 < readiness_wait(problem, time.monotonic() + 0.2, 0.5) <= 0.2  # never past the deadline
+    with pytest.raises(ServerUnavailableError, match="not ready"):
+        readiness_wait(problem, time.monotonic() - 0.01, 0.5)
+
+
+def test_failed_batch_outcomes_isolate_only_a_rejected_image_in_a_batch():
+    rejected, down = InvalidImageError("corrupt"), ServerUnavailableError("down")
+    assert failed_batch_outcomes(rejected, 4) is None  # resend one by one: only the bad image fails
+    assert failed_batch_outcomes(rejected, 1) == [rejected]
+    assert failed_batch_outcomes(down, 3) == [down] * 3
 
 
 def test_retry_succeeds_once_the_server_is_back():
