@@ -89,6 +89,22 @@ TABLES: dict[str, Table] = {
         ),
         per_run=True,
     ),
+    "parity": Table(
+        document="README.md",
+        columns=(("check", ""), ("runs", "{runs}"), ("figure", ""), ("test", "")),
+        rows=(
+            Row("onnx-default", "ONNX (FFT as MatMul) vs PyTorch fp32, the default detector (K = 0), batch 1 / 3 / 8",
+                {"figure": "max \\|logit diff\\| {max_abs_logit_diff:.1e}", "test": "`tests/test_demo.py`"}),
+            Row("onnx-resnet50", "ONNX vs PyTorch fp32, ResNet-50 at 224 px (untrained weights), 2 test-time masks, "
+                                 "batch 1 / 3 / 8",
+                {"figure": "max \\|logit diff\\|: MatMul {matmul:.1e}, `DFT` op {dft:.1e}",
+                 "test": "`tests/test_export.py`"}),
+            Row("triton-mixed", "Triton (gRPC, dynamic batching) vs in-process PyTorch, 8 mixed images (JPEG, PNG, "
+                                "grayscale, RGBA, CMYK JPEG, 16x16, 4000x3000, 16-bit PNG), efficientnet_lite0 with 2 "
+                                "test-time masks",
+                {"figure": "max \\|prob_fake diff\\| {max_prob_diff:.1e}", "test": "`tests/test_triton_e2e.py`"}),
+        ),
+    ),
     "edges": Table(
         document="triton_repo/README.md",
         columns=(("what", ""), ("runs", "{runs}"), ("measured", ""), ("test", "")),
@@ -107,6 +123,28 @@ TABLES: dict[str, Table] = {
         ),
     ),
 }
+
+
+def render_fp16() -> str:
+    """The FP16 table of ``triton_repo/GPU.md`` from the committed ``docs/fp16/default_k{0,2}.json`` reports."""
+    lines = ["| FFT stage | runtime | max \\|Δprob\\| | mean \\|Δprob\\| | max \\|Δlogit\\| | decisions agreeing |",
+             "|---|---|---|---|---|---|"]
+    for masks in (0, 2):
+        report = json.loads((ROOT / "docs" / "fp16" / f"default_k{masks}.json").read_text())
+        for r in report["results"]:
+            if masks == 0 and r["fft_impl"] != "matmul":
+                continue  # no FFT stage: both forms are the same graph
+            if "skipped" in r:
+                lines.append(f"| K = {masks}, {r['fft_impl']} | {r['runtime']} | not run: {r['skipped']} | | | |")
+                continue
+            stage = "none (K = 0, the shipped setting)" if masks == 0 else f"K = 2, {r['fft_impl']}"
+            lines.append(f"| {stage} | {r['runtime']} | {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
+                         f"{r['max_abs_logit_diff']:.3f} | {r['images'] - r['decisions_changed']} / {r['images']} |")
+    return "\n".join(lines)
+
+
+# Blocks rendered from committed result files other than the tests' records: name -> (document, renderer).
+DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16)}
 
 
 def record(table: str, row: str, **figures: object) -> None:
@@ -150,7 +188,8 @@ def _cell(template: str, runs: list[dict]) -> str:
             continue
         values = [run[name] for run in runs]
         texts = sorted({format(v, spec) for v in values}, key=lambda t: float(t) if _is_number(t) else 0.0)
-        out.append(texts[0] if len(texts) == 1 else f"{texts[0]}-{texts[-1]}")
+        dash = " to " if any("e-" in t for t in texts) else "-"  # 1.1e-06-4.2e-07 would read as a minus
+        out.append(texts[0] if len(texts) == 1 else f"{texts[0]}{dash}{texts[-1]}")
     return "".join(out)
 
 
@@ -187,15 +226,16 @@ def block_pattern(name: str) -> re.Pattern[str]:
 def write_documents() -> list[str]:
     """Rewrite every table block from the committed records; returns the documents changed."""
     changed = []
-    for name, spec in TABLES.items():
-        path = ROOT / spec.document
+    blocks = {name: (spec.document, lambda name=name: render(name)) for name, spec in TABLES.items()}
+    for name, (document, renderer) in {**blocks, **DERIVED}.items():
+        path = ROOT / document
         text = path.read_text()
-        new, count = block_pattern(name).subn(lambda m: m.group(1) + render(name) + "\n" + m.group(3), text)
+        new, count = block_pattern(name).subn(lambda m: m.group(1) + renderer() + "\n" + m.group(3), text)
         if count != 1:
-            raise SystemExit(f"{spec.document} must hold one block <!-- figures:{name} --> ... (found {count})")
+            raise SystemExit(f"{document} must hold one block <!-- figures:{name} --> ... (found {count})")
         if new != text:
             path.write_text(new)
-            changed.append(spec.document)
+            changed.append(document)
     return changed
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import demo
 from core.metadata import DetectorMetadata
+from tests.figures import record
 from training.benchmark import BuildConfig, Profile, build_dataset
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -40,6 +41,7 @@ def test_demo_path_serves_the_committed_default_detector(tmp_path_factory: pytes
     assert (demo.DEFAULT_DETECTOR / "evaluation" / "metrics.md").read_text() in out
     assert f"threshold {meta.threshold.value:.4f}" in out
     parity = json.loads(cfg.parity_report.read_text())
+    record("parity", "onnx-default", max_abs_logit_diff=parity["max_abs_logit_diff"])
     assert parity["max_abs_logit_diff"] < 1e-3, parity
     # The served repository is the committed detector: its weights' hash is the one the export recorded.
     source = json.loads((cfg.repository.parent / "cpu.source.json").read_text())

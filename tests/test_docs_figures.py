@@ -22,6 +22,13 @@ def test_document_table_is_the_rendering_of_its_record(name: str) -> None:
         f"{spec.document}'s {name} table is not its record's rendering: run `python -m tests.figures`")
 
 
+@pytest.mark.parametrize("name", sorted(figures.DERIVED))
+def test_derived_block_is_the_rendering_of_its_result_files(name: str) -> None:
+    document, renderer = figures.DERIVED[name]
+    blocks = figures.block_pattern(name).findall((figures.ROOT / document).read_text())
+    assert len(blocks) == 1 and blocks[0][1] == renderer(), f"{document}'s {name} block: run `python -m tests.figures`"
+
+
 @pytest.mark.parametrize("name", sorted(figures.TABLES))
 def test_every_record_run_names_its_machine_and_commit(name: str) -> None:
     rows = figures.load(name)
@@ -124,3 +131,18 @@ def test_readme_previous_settings_figures_are_in_their_printed_output() -> None:
     printed = (figures.ROOT / "docs" / "perf" / "photos_crop_first_previous_settings.txt").read_text()
     for value in figures_text:
         assert re.search(rf"\b{re.escape(value)}\b", printed), value
+
+
+def test_readme_fp16_table_is_the_committed_reports() -> None:
+    section = _readme_section("### FP16 vs FP32", "## Deviations from the paper")
+    reports = {k: json.loads((figures.ROOT / "docs" / "fp16" / f"default_k{k}.json").read_text()) for k in (0, 2)}
+    assert all(r["checkpoint"] == "detectors/default" and r["masks"] == k for k, r in reports.items())
+
+    def cells(report: dict, impl: str) -> str:
+        r = next(x for x in report["results"] if x["fft_impl"] == impl and x["runtime"] == "onnxruntime-cpu")
+        return (f"| {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
+                f"{r['images'] - r['decisions_changed']}/{r['images']} |")
+
+    for label, k, impl in (("none (K = 0, the shipped setting)", 0, "matmul"), ("K = 2, MatMul", 2, "matmul"),
+                           ("K = 2, `DFT` op", 2, "dft")):
+        assert f"| {label} {cells(reports[k], impl)}" in section, label

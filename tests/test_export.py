@@ -53,3 +53,30 @@ def test_masks_override_changes_the_graph(checkpoint, tmp_path):
 def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_main(["onnx", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "metadata.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resnet50_at_224_exports_with_parity(tmp_path):
+    """The paper's backbone at its input size, 2 test-time masks, both FFT forms: the ONNX graph against PyTorch
+    fp32 at batch 1 / 3 / 8 (untrained weights: parity is a property of the graph, not of the training)."""
+    import torch
+
+    from core.metadata import FFTStageConfig
+    from tests.figures import record
+    from training.checkpoint import save_checkpoint
+    from training.model import Detector
+
+    torch.manual_seed(0)
+    metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224),
+                                fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, seed=1))
+    checkpoint = save_checkpoint(Detector(metadata, pretrained=False), tmp_path / "ckpt")
+    diffs = {}
+    for fft_impl in ("matmul", "dft"):
+        report_path = tmp_path / f"{fft_impl}.json"
+        assert export_main(["onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / f"{fft_impl}.onnx"),
+                            "--fft-impl", fft_impl, "--report", str(report_path)]) == 0
+        report = json.loads(report_path.read_text())
+        assert report["passed"] and report["batch_sizes"] == [1, 3, 8], report
+        diffs[fft_impl] = report["max_abs_logit_diff"]
+    record("parity", "onnx-resnet50", **diffs)
+    assert max(diffs.values()) < 1e-3, diffs

@@ -17,8 +17,8 @@ before the fault. A recovery (stop, then start or reload) must take no longer th
   server (not left to the client's deadline).
 - killed server process: restarted on the same ports; the callers see no error.
 - ``restart()`` mid-load (graceful: drain in-flight requests, then replace the process): the callers see no error;
-  every request completes within the restart time + one retry wait (``backoff_max_s``) + gRPC's first reconnect
-  backoff (1 s, 20 % jitter) + the slowest answer before the restart.
+  every request completes within the restart time + the reconnect interval gRPC can have reached by then
+  (1 s growing 1.6x, 20 % jitter) + one retry wait (``backoff_max_s``) + the slowest answer before the restart.
 - a ``probe`` that fails ``failures_to_restart`` times in a row restarts the server.
 - a HUNG stub (SIGSTOP: alive, ready, never answering): the watchdog's inference probe (deadline 5 s, every
   0.5 s) fails while the python backend calls that model's stub "not healthy" (SIGSTOP) or the statistics show no
@@ -50,7 +50,18 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 THREADS = 4
 PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
 WATCH_INTERVAL_S = 0.5
-GRPC_RECONNECT_BACKOFF_S = 1.0 * 1.2  # gRPC's default initial reconnect backoff, at the top of its jitter
+GRPC_BACKOFF = (1.0, 1.6, 0.2)  # gRPC's connection backoff defaults: initial s, multiplier, jitter
+
+
+def reconnect_wait_bound_s(down_s: float) -> float:
+    """The longest gRPC can wait before reconnecting to a server that is back after ``down_s``: the reconnect
+    interval it can have reached by then (attempts as early as the jitter allows), at the top of its jitter."""
+    initial, multiplier, jitter = GRPC_BACKOFF
+    interval, elapsed = initial, 0.0
+    while elapsed + interval * (1 - jitter) < down_s:
+        elapsed += interval * (1 - jitter)
+        interval *= multiplier
+    return interval * (1 + jitter)
 
 
 class Load:
@@ -198,7 +209,7 @@ def test_restart_mid_load_is_invisible_to_retrying_clients(cpu_repository: Path,
         assert server.grpc_url == grpc_url and server.check_health() is None
         assert not ({s.pid for s in server.stubs()} & stubs_before)
     across = [end - begin for begin, end, _ in load.records if begin < done and end > began]
-    bound_s = restart_s + load.config.backoff_max_s + GRPC_RECONNECT_BACKOFF_S + slowest_s
+    bound_s = restart_s + reconnect_wait_bound_s(restart_s) + load.config.backoff_max_s + slowest_s
     print(f"restart took {restart_s:.2f} s; {len(load.records)} requests, {len(across)} spanning it, "
           f"longest {max(across):.2f} s (bound {bound_s:.2f} s; slowest before {slowest_s:.2f} s)")
     record("faults", "restart", startup_s=started.startup_s, restart_s=restart_s, requests=len(load.records),
@@ -300,3 +311,9 @@ def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, 
     # What callers see meanwhile: the requests the hung stub was given fail (INTERNAL "not healthy", or the
     # queue's timeout), none after the recovery.
     assert all(begin <= recovered_at for begin, _, _ in errors), errors
+
+
+def test_reconnect_wait_bound_follows_grpcs_backoff_schedule():
+    assert reconnect_wait_bound_s(0.5) == pytest.approx(1.2)  # back before the first attempt: its interval
+    assert reconnect_wait_bound_s(1.0) == pytest.approx(1.6 * 1.2)  # the first attempt (>= 0.8 s) failed
+    assert reconnect_wait_bound_s(2.1) == pytest.approx(1.6**2 * 1.2)  # attempts at >= 0.8 s and >= 2.08 s

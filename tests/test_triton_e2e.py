@@ -19,6 +19,7 @@ from core.metadata import DetectorMetadata
 from core.preprocess import preprocess_image
 from core.scoring import sigmoid
 from tests.conftest import encode, photo_like
+from tests.figures import record
 from triton_repo.layout import Target, render_config
 from triton_repo.server import free_port
 
@@ -56,6 +57,7 @@ def test_triton_matches_pytorch_on_mixed_batch(triton_server, checkpoint, mixed_
         prob = float(result.as_numpy("PROB_FAKE")[0, 0])
         assert bool(result.as_numpy("IS_FAKE")[0, 0]) == (prob >= threshold)
         diffs[name] = abs(prob - expected[name])
+    record("parity", "triton-mixed", max_prob_diff=max(diffs.values()))
     assert max(diffs.values()) <= 1e-3, diffs
     spread = np.ptp(list(expected.values()))
     assert spread > 1e-3, "the images should not all score alike, or the comparison proves little"
