@@ -105,6 +105,25 @@ TABLES: dict[str, Table] = {
                 {"figure": "max \\|prob_fake diff\\| {max_prob_diff:.1e}", "test": "`tests/test_triton_e2e.py`"}),
         ),
     ),
+    "cluster": Table(
+        document="deploy/README.md",
+        columns=(("what", ""), ("runs", "{runs}"), ("measured", "")),
+        rows=(
+            Row("spread", "spread: 40 calls through the balancer, 2 replicas",
+                {"measured": "{r0} / {r1} per replica (each replica's own statistics), {errors} errors"}),
+            Row("failover", "failover: r1 SIGKILLed a quarter into 400 calls at concurrency 4, DetectorClient "
+                            "defaults (3 retries)",
+                {"measured": "{failed_calls} failed calls; {failed_attempts} failed attempts retried, the last "
+                             "{last_failure_s:.3f} s after the kill; r1 out of nginx's pool {left_s:.2f} s after the "
+                             "kill (active check)"}),
+            Row("rejoin", "rejoin: restart r1",
+                {"measured": "ready {ready_s:.2f} s after the restart; first call served {served_s:.2f} s after "
+                             "ready"}),
+            Row("one-vs-two", "1 vs 2 replicas, closed loop at concurrency 2 (short: 1 s windows)",
+                {"measured": "{one_rps:.0f} against {two_rps:.0f} req/s; server CPU per call {one_cpu_ms:.1f} "
+                             "against {two_cpu_ms:.1f} ms; machine busy {one_busy:.0%} / {two_busy:.0%}"}),
+        ),
+    ),
     "edges": Table(
         document="triton_repo/README.md",
         columns=(("what", ""), ("runs", "{runs}"), ("measured", ""), ("test", "")),
@@ -143,8 +162,30 @@ def render_fp16() -> str:
     return "\n".join(lines)
 
 
+def render_one_vs_two() -> str:
+    """The 1-vs-N table of ``deploy/README.md`` from ``docs/deploy/one_vs_two.json`` (``benchmarks.spread --json``)."""
+    import statistics
+
+    report = json.loads((ROOT / "docs" / "deploy" / "one_vs_two.json").read_text())
+    lines = ["| replicas | concurrency | req/s per round | median | server CPU ms per request (median) | "
+             "machine busy (median) | calls per replica, last round |", "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for row in report["scaling"]:
+        groups.setdefault((row["concurrency"], row["replicas"]), []).append(row)
+    for (concurrency, replicas), rows in sorted(groups.items()):
+        rates = [r["throughput_rps"] for r in rows]
+        calls = rows[-1]["per_replica"]
+        total = sum(c["requests"] for c in calls.values()) or 1
+        share = " / ".join(f"{100 * c['requests'] / total:.0f} %" for c in calls.values())
+        lines.append(f"| {replicas} | {concurrency} | {', '.join(f'{x:.0f}' for x in rates)} | "
+                     f"{statistics.median(rates):.0f} | "
+                     f"{statistics.median(r['server_cpu_ms_per_request'] for r in rows):.1f} | "
+                     f"{statistics.median(r['cpu_busy'] for r in rows):.0%} | {share} |")
+    return "\n".join(lines)
+
+
 # Blocks rendered from committed result files other than the tests' records: name -> (document, renderer).
-DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16)}
+DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16), "one_vs_two": ("deploy/README.md", render_one_vs_two)}
 
 
 def record(table: str, row: str, **figures: object) -> None:

@@ -102,6 +102,7 @@ def test_calls_spread_over_replicas(cluster: Cluster):
     result = spread(cluster.grpc_url, urls, _payloads(), requests=40, concurrency=4)
     assert result.errors == 0
     counts = [c["requests"] for c in result.per_replica.values()]
+    record("cluster", "spread", r0=counts[0], r1=counts[1], errors=result.errors)
     assert sum(counts) == 40, result.per_replica  # each call answered by exactly one replica
     assert all(10 <= c <= 30 for c in counts), result.per_replica  # round robin: about half each
 
@@ -201,6 +202,9 @@ def test_one_vs_n_replicas_report(cluster: Cluster):
     rows = scaling(cluster, _payloads(), [2], WindowPolicy(window_s=1.0, warmup_s=0.5, max_windows=3))
     print("\n" + format_scaling(rows))
     one, both = rows
+    record("cluster", "one-vs-two", one_rps=one.throughput_rps, two_rps=both.throughput_rps,
+           one_cpu_ms=one.server_cpu_ms_per_request, two_cpu_ms=both.server_cpu_ms_per_request,
+           one_busy=one.cpu_busy, two_busy=both.cpu_busy)
     assert (one.replicas, both.replicas) == (1, 2)
     assert one.errors == 0 and both.errors == 0 and one.throughput_rps > 0 and both.throughput_rps > 0
     assert one.server_cpu_ms_per_request > 0 and both.server_cpu_ms_per_request > 0
@@ -317,6 +321,9 @@ def test_failover_kill_one_replica_under_load(cluster: Cluster):
         load.join()
     assert served is not None, f"r1 got no call within {REJOIN_BOUND_S} s of being ready"
     assert cluster.pool() == {0, 1}
+    record("cluster", "failover", failed_calls=len(errors), failed_attempts=len(failover), last_failure_s=window,
+           left_s=left[0])
+    record("cluster", "rejoin", ready_s=ready - restart, served_s=served - ready)
     print(f"\nfailover ({cluster.network_note}; {os.cpu_count()} cores): {total} calls in {elapsed:.1f} s, "
           f"{len(errors)} failed after retries (overload only), {len(failover)} failed attempts retried by the "
           f"client, the last {window:.3f} s after the kill ({shed} overload rejections by the survivor, retried "
