@@ -227,19 +227,11 @@ def _cell(template: str, runs: list[dict]) -> str:
         if name == "runs":
             out.append(str(len(runs)))
             continue
-        values = [run[name] for run in runs]
-        texts = sorted({format(v, spec) for v in values}, key=lambda t: float(t) if _is_number(t) else 0.0)
+        values = sorted(run[name] for run in runs)  # by value, not by text: "99%" < "100%"
+        texts = list(dict.fromkeys(format(v, spec) for v in values))
         dash = " to " if any("e-" in t for t in texts) else "-"  # 1.1e-06-4.2e-07 would read as a minus
         out.append(texts[0] if len(texts) == 1 else f"{texts[0]}{dash}{texts[-1]}")
     return "".join(out)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def render(name: str, rows: dict[str, list[dict]] | None = None) -> str:

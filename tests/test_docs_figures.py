@@ -57,6 +57,8 @@ def test_cells_show_the_range_over_runs() -> None:
     runs = [{"a": 0.21, "b": 3}, {"a": 0.394, "b": 3}, {"a": 0.3, "b": 3}]
     assert figures._cell("{a:.2f} s, {b} of {runs}", runs) == "0.21-0.39 s, 3 of 3"
     assert figures._cell("{a:.0f}", runs[:1]) == "0"
+    assert figures._cell("{c:.0%}", [{"c": 1.0}, {"c": 0.99}]) == "99%-100%"  # ordered by value, not by text
+    assert figures._cell("{d:.1e}", [{"d": 4.2e-7}, {"d": 1.1e-6}]) == "4.2e-07 to 1.1e-06"
 
 
 # ------------------------------------------------------------------ README figures typed from committed result files
