@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from core.metadata import DetectorMetadata
+from core.names import ENSEMBLE, IMAGE, IMAGE_BYTES, PROB_FAKE
 from core.preprocess import preprocess_image
 
-MODEL = "deepfake_detector"
+MODEL = ENSEMBLE
 
 
 class Backend(str, Enum):
@@ -117,18 +118,18 @@ class TritonSender:
         if self._shared_client is None:
             self._shared_client = self.module.InferenceServerClient(self.url)
         data = np.array(_batch(self.payloads, request, self.batch_size), dtype=object).reshape(-1, 1)
-        tensor = self.module.InferInput("IMAGE_BYTES", list(data.shape), "BYTES")
+        tensor = self.module.InferInput(IMAGE_BYTES, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data)
 
         def callback(result=None, error=None) -> None:  # tritonclient passes keyword arguments
             if error is None:
-                prob = result.as_numpy("PROB_FAKE")
+                prob = result.as_numpy(PROB_FAKE)
                 if prob is None or prob.shape != (self.batch_size, 1):
                     error = RuntimeError(f"unexpected PROB_FAKE {None if prob is None else prob.shape}")
             done(error)
 
         self._shared_client.async_infer(self.model, [tensor], callback,
-                                        outputs=[self.module.InferRequestedOutput("PROB_FAKE")],
+                                        outputs=[self.module.InferRequestedOutput(PROB_FAKE)],
                                         client_timeout=self.timeout_s)
 
     def __call__(self, request: int) -> None:
@@ -136,7 +137,7 @@ class TritonSender:
 
         client = self.client()
         data = np.array(_batch(self.payloads, request, self.batch_size), dtype=object).reshape(-1, 1)
-        tensor = self.module.InferInput("IMAGE_BYTES", list(data.shape), "BYTES")
+        tensor = self.module.InferInput(IMAGE_BYTES, list(data.shape), "BYTES")
         if self.shared_memory is SharedMemory.SYSTEM:
             import tritonclient.utils.shared_memory as shm
 
@@ -149,12 +150,12 @@ class TritonSender:
             tensor.set_data_from_numpy(data, binary_data=True)
         else:
             tensor.set_data_from_numpy(data)
-        outputs = [self.module.InferRequestedOutput("PROB_FAKE")]
+        outputs = [self.module.InferRequestedOutput(PROB_FAKE)]
         if self.protocol is Protocol.GRPC:
             result = client.infer(self.model, [tensor], outputs=outputs, client_timeout=self.timeout_s)
         else:
             result = client.infer(self.model, [tensor], outputs=outputs, timeout=int(self.timeout_s * 1e6))
-        prob = result.as_numpy("PROB_FAKE")
+        prob = result.as_numpy(PROB_FAKE)
         if prob is None or prob.shape != (self.batch_size, 1):
             raise RuntimeError(f"unexpected PROB_FAKE {None if prob is None else prob.shape}")
 
@@ -195,7 +196,7 @@ def onnxruntime_runner(onnx_path: Path, threads: int = 0) -> Callable[[np.ndarra
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return lambda images: session.run(["PROB_FAKE"], {"IMAGE": images})[0]
+    return lambda images: session.run([PROB_FAKE], {IMAGE: images})[0]
 
 
 def pytorch_runner(checkpoint: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -26,6 +26,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from benchmarks.loadgen import WindowPolicy
+from core.names import IMAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _environment(home: Path) -> dict[str, str]:
 
 def input_data(payloads: list[bytes], path: Path) -> Path:
     """perf_analyzer ``--input-data`` JSON: each BYTES element in Triton's serialised form (4-byte LE length)."""
-    data = [{"IMAGE_BYTES": {"b64": base64.b64encode(struct.pack("<I", len(p)) + p).decode(), "shape": [1]}}
+    data = [{IMAGE_BYTES: {"b64": base64.b64encode(struct.pack("<I", len(p)) + p).decode(), "shape": [1]}}
             for p in payloads]
     path.write_text(json.dumps({"data": data}))
     return path

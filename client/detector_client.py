@@ -34,6 +34,9 @@ from tritonclient.utils import InferenceServerException
 
 logger = logging.getLogger(__name__)
 
+# The wire names, the client's own copy of ``core.names`` (it installs without the rest; tests/test_contract.py
+# checks that the two agree).
+MODEL_NAME = "deepfake_detector"
 INPUT_NAME = "IMAGE_BYTES"
 OUTPUT_PROB = "PROB_FAKE"
 OUTPUT_IS_FAKE = "IS_FAKE"
@@ -124,7 +127,7 @@ class ClientConfig:
     """
 
     url: str = "127.0.0.1:8001"
-    model_name: str = "deepfake_detector"
+    model_name: str = MODEL_NAME
     timeout_s: float = 30.0
     retries: int = 3
     backoff_base_s: float = 0.1

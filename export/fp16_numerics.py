@@ -41,6 +41,7 @@ import onnx
 import torch
 
 from core.metadata import DetectorMetadata
+from core.names import LOGIT
 from export.onnx_export import INPUT_NAME, ExportConfig, OnnxFFT, Precision, export_onnx, load_with_masks, to_fp16
 from training.data import RealFakeDataset
 from training.model import ServingHead
@@ -178,7 +179,7 @@ def _onnxruntime(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, folder: P
                                       precision=Precision.FP16, masks=config.masks, parity_batch_sizes=(2,)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     start = time.perf_counter()
-    logits = np.concatenate([session.run(["LOGIT"], {INPUT_NAME: batch})[0].reshape(-1)
+    logits = np.concatenate([session.run([LOGIT], {INPUT_NAME: batch})[0].reshape(-1)
                              for batch in data.batches(config.batch_size)]).astype(np.float64)
     extra = {"seconds_run": round(time.perf_counter() - start, 3), "export_parity": parity.to_dict(),
              "execution": {**ort_execution(path), "note": ORT_NOTE}}

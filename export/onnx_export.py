@@ -31,6 +31,7 @@ from torch import nn
 
 from core.fft import apply_fft_stage, inference_masks
 from core.metadata import DetectorMetadata, FFTStageConfig
+from core.names import IMAGE, IS_FAKE, LOGIT, MASKED, OUTPUTS, PROB_FAKE
 from core.preprocess import normalize
 from training.checkpoint import load_detector
 from training.fft_stage import FFTImpl
@@ -38,9 +39,9 @@ from training.model import Detector, ServingHead
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "IMAGE"
-MASKED_INPUT_NAME = "MASKED"
-OUTPUT_NAMES = ("LOGIT", "PROB_FAKE", "IS_FAKE")
+INPUT_NAME = IMAGE
+MASKED_INPUT_NAME = MASKED
+OUTPUT_NAMES = OUTPUTS
 OPSET = 20
 METADATA_KEY = "detector_metadata"
 PARITY_BATCH_SIZES = (1, 3, 8)
@@ -312,7 +313,7 @@ def check_parity(config: ExportConfig, metadata: DetectorMetadata) -> ParityRepo
         images = parity_images(bs, height, width)
         with torch.no_grad():
             expected = reference(torch.from_numpy(images)).numpy()
-        logit = session.run(["LOGIT"], graph_inputs(config.fft_impl, images, metadata))[0].reshape(-1)
+        logit = session.run([LOGIT], graph_inputs(config.fft_impl, images, metadata))[0].reshape(-1)
         per_batch[str(bs)] = float(np.abs(logit.astype(np.float64) - expected).max())
     precision = Precision(config.precision)
     return ParityReport(
@@ -352,7 +353,7 @@ def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | N
     T = onnx.TensorProto
     problems = []
     expected_in = {fft.input_name: T.FLOAT if fft is OnnxFFT.EXTERNAL else T.UINT8}
-    expected_out = {"LOGIT": T.FLOAT, "PROB_FAKE": T.FLOAT, "IS_FAKE": T.BOOL}
+    expected_out = {LOGIT: T.FLOAT, PROB_FAKE: T.FLOAT, IS_FAKE: T.BOOL}
     for values, expected in ((g.input, expected_in), (g.output, expected_out)):
         got = {v.name: v.type.tensor_type.elem_type for v in values}
         if got != expected:

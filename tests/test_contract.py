@@ -224,3 +224,32 @@ def test_matmul_stage_is_fp16_safe():
     assert torch.isfinite(out16).all()
     ref = torch.from_numpy(apply_fft_stage(x.numpy(), masks.numpy()))
     assert (out16 - ref).abs().max() < 0.05
+
+
+def test_the_clients_wire_names_are_the_contracts():
+    """The stand-alone client keeps its own copy of the wire names; it must be ``core.names``'."""
+    from client import detector_client
+    from core import names
+
+    assert detector_client.MODEL_NAME == names.ENSEMBLE
+    assert detector_client.INPUT_NAME == names.IMAGE_BYTES
+    assert set(detector_client.OUTPUT_NAMES) == set(names.OUTPUTS)
+    assert (detector_client.OUTPUT_PROB, detector_client.OUTPUT_IS_FAKE, detector_client.OUTPUT_LOGIT) == (
+        names.PROB_FAKE, names.IS_FAKE, names.LOGIT)
+
+
+def test_no_project_module_outside_core_spells_a_tensor_name():
+    """Tensor names are spelled by ``core.names`` (and the client's one copy), nowhere else in the packages."""
+    import ast
+
+    from core import names
+
+    root = Path(__file__).resolve().parents[1]
+    tensors = {names.IMAGE_BYTES, names.IMAGE, names.MASKED, *names.OUTPUTS}
+    found = []
+    for package in ("training", "export", "triton_repo", "serving", "benchmarks", "deploy"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in tensors:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.value}")
+    assert not found, found

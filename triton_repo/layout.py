@@ -29,13 +29,13 @@ from pathlib import Path
 from string import Template
 
 from core.metadata import DetectorMetadata
+from core.names import DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent
 CONFIGS = SOURCE / "configs"
 PYTHON_MODELS = SOURCE / "models"
-ENSEMBLE = "deepfake_detector"
 
 
 class Target(str, Enum):
@@ -51,7 +51,7 @@ class Target(str, Enum):
 
 
 # Per target: the python model file that serves ``detector`` (None: a native backend) and the artifact it needs.
-DETECTOR = {
+DETECTOR_SOURCES = {
     Target.CPU: ("detector_onnxruntime.py", "model.onnx"),
     Target.GPU_TRT: (None, "model.plan"),
     Target.GPU_ORT: (None, "model.onnx"),
@@ -60,12 +60,12 @@ DETECTOR = {
 
 # Per target: the models of the repository, in ensemble order, and the python sources of the python ones.
 MODELS = {
-    Target.CPU: (ENSEMBLE, "preprocess", "detector"),
-    Target.GPU_TRT: (ENSEMBLE, "preprocess", "detector"),
-    Target.GPU_ORT: (ENSEMBLE, "preprocess", "detector"),
-    Target.GPU_CUPY: (ENSEMBLE, "preprocess", "fft_stage", "detector"),
+    Target.CPU: (ENSEMBLE, PREPROCESS, DETECTOR),
+    Target.GPU_TRT: (ENSEMBLE, PREPROCESS, DETECTOR),
+    Target.GPU_ORT: (ENSEMBLE, PREPROCESS, DETECTOR),
+    Target.GPU_CUPY: (ENSEMBLE, PREPROCESS, FFT_STAGE, DETECTOR),
 }
-PYTHON_SOURCES = {"preprocess": "preprocess.py", "fft_stage": "fft_cupy.py"}  # each gets metadata.json beside it
+PYTHON_SOURCES = {PREPROCESS: "preprocess.py", FFT_STAGE: "fft_cupy.py"}  # each gets metadata.json beside it
 
 # Per target: the FFT forms (``python -m export onnx --fft-impl``) its detector can run, and why not the others.
 FFT_FORMS = {
@@ -168,7 +168,7 @@ def write_repository(
     target = Target(target)
     out = Path(out)
     artifact = Path(artifact)
-    python_file, artifact_name = DETECTOR[target]
+    python_file, artifact_name = DETECTOR_SOURCES[target]
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact} not found: target {target.value} needs {artifact_name}")
     fft_impl = artifact_fft_impl(artifact)

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from core.names import IMAGE_BYTES, PROB_FAKE
 from serving import procfs
 from triton_repo.layout import ENSEMBLE
 
@@ -228,13 +229,13 @@ class InferenceProbe:
         import tritonclient.http as httpclient
 
         data = np.array([[_probe_png()]], dtype=object)
-        tensor = httpclient.InferInput("IMAGE_BYTES", list(data.shape), "BYTES")
+        tensor = httpclient.InferInput(IMAGE_BYTES, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data, binary_data=True)
         with httpclient.InferenceServerClient(server.http_url, connection_timeout=self.deadline_s,
                                               network_timeout=self.deadline_s) as client:
-            result = client.infer(self.model, [tensor], outputs=[httpclient.InferRequestedOutput("PROB_FAKE")],
+            result = client.infer(self.model, [tensor], outputs=[httpclient.InferRequestedOutput(PROB_FAKE)],
                                   timeout=int(self.deadline_s * 1e6))
-        score = result.as_numpy("PROB_FAKE")
+        score = result.as_numpy(PROB_FAKE)
         if score is None or score.size != 1:
             raise RuntimeError(f"probe got no score ({None if score is None else score.shape})")
 

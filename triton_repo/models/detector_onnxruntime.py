@@ -18,7 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-OUTPUTS = ("LOGIT", "PROB_FAKE", "IS_FAKE")
+from core.names import IMAGE, OUTPUTS
+
 SHA256_SUFFIX = ".sha256"
 _DIGEST = re.compile(r"^([0-9a-fA-F]{64})\b")
 
@@ -91,7 +92,7 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         good, arrays = [], []
         for i, request in enumerate(requests):
-            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy()
             if images.shape[1:] != self.image_shape or images.dtype != np.uint8:
                 message = f"IMAGE must be uint8 (B, {self.image_shape}), got {images.dtype} {images.shape}"
                 responses[i] = pb_utils.InferenceResponse(

@@ -23,9 +23,8 @@ import triton_python_backend_utils as pb_utils
 from core.fft import inference_masks
 from core.fft_cupy import CupyFFTStage
 from core.metadata import DetectorMetadata
-
-INPUT = "IMAGE"
-OUTPUT = "MASKED"
+from core.names import IMAGE as INPUT
+from core.names import MASKED as OUTPUT
 
 
 class MaskedViews:
@@ -70,7 +69,7 @@ class TritonPythonModel:
         self.cp = self.math.cp
         pb_utils.Logger.log_info(
             f"fft_stage ready on GPU {device_id}: IMAGE uint8 (B, {', '.join(map(str, self.math.shape))}) -> "
-            f"MASKED {self.math.out_dtype.name} (B, {self.math.views}, {', '.join(map(str, self.math.shape))})"
+            f"{OUTPUT} {self.math.out_dtype.name} (B, {self.math.views}, {', '.join(map(str, self.math.shape))})"
         )
 
     def _input(self, request):

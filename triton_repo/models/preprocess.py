@@ -23,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from core.jpeg import region_reader
 from core.metadata import DetectorMetadata
+from core.names import IMAGE, IMAGE_BYTES
 from core.preprocess import REJECTION_REASONS, DecodeLimits, ImageDecodeError, preprocess_image
 
 
@@ -84,7 +85,7 @@ class TritonPythonModel:
                              f"JPEGs {jpeg}")
 
     def _decode(self, request):
-        payload = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES").as_numpy().reshape(-1)
+        payload = pb_utils.get_input_tensor_by_name(request, IMAGE_BYTES).as_numpy().reshape(-1)
         images = []
         for index, item in enumerate(payload):
             try:
@@ -100,7 +101,7 @@ class TritonPythonModel:
         for future in futures:
             try:
                 image = future.result()
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("IMAGE", image)]))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGE, image)]))
             except ImageDecodeError as exc:
                 self.rejected[exc.reason].increment(1)
                 responses.append(
