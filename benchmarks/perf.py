@@ -322,7 +322,7 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
     from core.metadata import FFTStageConfig
     from training.fft_stage import FFTImpl, FFTStage
 
-    k = max(metadata.fft_stage.masks, 1)
+    k = metadata.fft_stage.views
     h, w = metadata.input_size
     stage_cfg = FFTStageConfig(**{**asdict(metadata.fft_stage), "masks": k})
     masks = inference_masks(stage_cfg, h, w)

@@ -36,6 +36,7 @@ from client.detector_client import (
 )
 
 PROG = "python -m client"
+# The client installs without core: its own copy of core.preprocess.IMAGE_SUFFIXES (tests/test_contract.py checks).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 _ERROR_PREFIXES: tuple[tuple[type[DetectorClientError], str], ...] = (
     (InvalidImageError, "invalid image"),

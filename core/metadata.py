@@ -61,6 +61,11 @@ class FFTStageConfig:
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"fft_stage.ratio must be in [0, 1], got {self.ratio}")
 
+    @property
+    def views(self) -> int:
+        """K: the views the detector scores per image, one per mask, or the image itself when the stage is off."""
+        return max(self.masks, 1)
+
 
 @dataclass(frozen=True)
 class Threshold:

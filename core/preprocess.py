@@ -19,6 +19,10 @@ from PIL import Image, UnidentifiedImageError
 from core.jpeg import region_reader
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# File-name suffixes of the accepted formats: what the tools that walk folders of images pick up.
+FORMAT_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",), "BMP": (".bmp",),
+                   "TIFF": (".tif", ".tiff"), "GIF": (".gif",)}
+IMAGE_SUFFIXES = tuple(suffix for fmt in DEFAULT_FORMATS for suffix in FORMAT_SUFFIXES[fmt])
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with preview images after the first; the first is the photo
 
 

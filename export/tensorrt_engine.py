@@ -30,6 +30,7 @@ from typing import Any
 
 import onnx
 
+from core.checksum import sha256_file
 from export.onnx_export import INPUT_NAME, MASKED_INPUT_NAME, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -169,14 +170,6 @@ def detect_gpu(device: int = 0) -> GpuInfo:
     except Exception as exc:  # noqa: BLE001
         logger.debug("cuda-python device query failed: %s", exc)
     return GpuInfo()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _triton_max_batch() -> int | None:

@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from core.checksum import sha256_file
 from training.benchmark import cli
 from training.benchmark.build import DATASET_FILE, SPECTRA_FILE, build_dataset, is_complete
 from training.benchmark.config import BuildConfig, Profile
@@ -36,7 +37,7 @@ from training.benchmark.families import (
     Mechanism,
 )
 from training.benchmark.generate import build_network, load_pretrained_dcgan, make_fakes
-from training.benchmark.photos import fetch_source, file_sha256, photo_sources
+from training.benchmark.photos import fetch_source, photo_sources
 from training.benchmark.postprocess import PostprocessSpec, apply_chain, draw_chains
 from training.benchmark.reports import match_reals, mean_log_spectrum, spectrum_summary
 from training.benchmark.train_generators import trained_network
@@ -101,7 +102,7 @@ def test_fetch_checks_every_file_against_its_sha256(tmp_path: Path) -> None:
     source = photo_sources()["matplotlib"]
     photos = fetch_source(source, tmp_path)
     assert [p.sha256 for p in photos] == [sha for _, sha in source.files]
-    assert all(file_sha256(p.path) == p.sha256 and tmp_path in p.path.parents for p in photos)
+    assert all(sha256_file(p.path) == p.sha256 and tmp_path in p.path.parents for p in photos)
     photos[0].path.write_bytes(b"not the photo")
     with pytest.raises(RuntimeError, match="SHA-256"):
         fetch_source(source, tmp_path)

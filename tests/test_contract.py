@@ -253,3 +253,16 @@ def test_no_project_module_outside_core_spells_a_tensor_name():
                 if isinstance(node, ast.Constant) and node.value in tensors:
                     found.append(f"{path.relative_to(root)}:{node.lineno} {node.value}")
     assert not found, found
+
+
+def test_image_suffixes_follow_the_accepted_formats():
+    """Folder walkers (training data, perf.py's payloads, the client's CLI) pick up the formats preprocessing
+    accepts, no more and no fewer."""
+    from client import cli
+    from core.preprocess import DEFAULT_FORMATS, FORMAT_SUFFIXES, IMAGE_SUFFIXES
+
+    assert set(FORMAT_SUFFIXES) == set(DEFAULT_FORMATS)
+    assert set(cli.IMAGE_EXTENSIONS) == set(IMAGE_SUFFIXES)
+    for fmt, suffixes in FORMAT_SUFFIXES.items():
+        for suffix in suffixes:
+            assert Image.registered_extensions()[suffix] == fmt, suffix

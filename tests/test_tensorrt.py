@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.checksum import sha256_file
 from export.onnx_export import OUTPUT_NAMES, ExportConfig, OnnxFFT, Precision, export_onnx, parity_images
 from export.tensorrt_engine import (
     EngineBuildError,
@@ -24,7 +25,6 @@ from export.tensorrt_engine import (
     build_engine,
     check_engine_compatible,
     engine_metadata_path,
-    sha256_file,
 )
 from export.trt_ops import available_lists, check_onnx, read_op_list, resolve_list
 from export.trt_ops import main as trt_ops_main

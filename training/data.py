@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from core.preprocess import center_crop_or_pad, decode_image
+from core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ class Split(str, Enum):
     VALIDATION = "validation"
     TESTING = "testing"
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ they are filled from the checkpoint metadata here. See GPU.md for serving the GP
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 from string import Template
 
+from core.checksum import write_sidecar
 from core.metadata import DetectorMetadata
 from core.names import DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS
 
@@ -117,7 +117,7 @@ def artifact_fft_impl(artifact: str | Path) -> str | None:
 
 def views(metadata: DetectorMetadata) -> int:
     """K, the number of masked views per image (1 when the FFT stage is skipped)."""
-    return max(metadata.fft_stage.masks, 1)
+    return metadata.fft_stage.views
 
 
 def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_name: str, digest: str) -> str:
@@ -190,8 +190,7 @@ def write_repository(
         shutil.copy2(PYTHON_MODELS / python_file, staging / "detector" / "1" / "model.py")
     shutil.copy2(artifact, staging / "detector" / "1" / artifact_name)
     copied = staging / "detector" / "1" / artifact_name  # the detector checks it before loading
-    digest = hashlib.sha256(copied.read_bytes()).hexdigest()
-    copied.with_name(artifact_name + ".sha256").write_text(f"{digest}  {artifact_name}\n")
+    digest = write_sidecar(copied)
     with open(staging / ENSEMBLE / "config.pbtxt", "a") as config:
         config.write(identity_parameters(metadata, target, artifact_name, digest))
     for side_file in artifact.parent.glob(artifact.stem + ".*.json"):  # e.g. engine metadata beside the plan

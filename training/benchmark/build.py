@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.checksum import sha256_file
 from training.benchmark.config import BuildConfig
 from training.benchmark.crops import Crop, assign_sources, draw_crops, stack
 from training.benchmark.families import FAMILIES, Kind, family, mechanisms
@@ -26,7 +27,7 @@ from training.benchmark.generate import (
     load_pretrained_dcgan,
     make_fakes,
 )
-from training.benchmark.photos import Photo, fetch_source, file_sha256, photo_sources
+from training.benchmark.photos import Photo, fetch_source, photo_sources
 from training.benchmark.postprocess import Chain, apply_chain, decode, draw_chains
 from training.benchmark.reports import (
     match_reals,
@@ -225,7 +226,7 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
         pool = draw_crops(photos[Split.TESTING], config.match_pool * count, gsize,
                           (config.seed, split_index[Split.TESTING], 2))
         family_reals[Split.TESTING, name] = [pool[i] for i in match_reals(stack(pool), fakes[Split.TESTING, name])]
-        generators[name] = {"weights_sha256": file_sha256(weights), "train_seconds": 0.0, "cached": True,
+        generators[name] = {"weights_sha256": sha256_file(weights), "train_seconds": 0.0, "cached": True,
                             "generate_seconds": round(time.perf_counter() - begin, 1),
                             "parameters": sum(p.numel() for p in model.parameters())}
         notes.append(NOTES[name])

@@ -31,6 +31,7 @@ from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
+from core.checksum import sha256_file
 from training.data import Split
 
 logger = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ class Photo:
     source: str
     path: Path
     sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def photo_sources(table: Path = PHOTO_TABLE) -> dict[str, PhotoSource]:
@@ -223,7 +215,7 @@ def fetch_source(source: PhotoSource, cache_dir: Path) -> list[Photo]:
     photos = []
     for rel, sha in source.files:
         path = _cached_path(root, rel)
-        actual = file_sha256(path) if path.is_file() else None
+        actual = sha256_file(path) if path.is_file() else None
         if actual != sha:
             raise RuntimeError(f"{source.name}: {rel} has SHA-256 {actual}, the table says {sha}; delete {root} "
                                "and rebuild")

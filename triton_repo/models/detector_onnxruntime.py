@@ -12,16 +12,13 @@ config parameter ``require_sha256`` is ``true``, a warning otherwise.
 import hashlib
 import json
 import os
-import re
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from core.checksum import read_sidecar, sidecar_path
 from core.names import IMAGE, OUTPUTS
-
-SHA256_SUFFIX = ".sha256"
-_DIGEST = re.compile(r"^([0-9a-fA-F]{64})\b")
 
 
 def _flag(value):
@@ -42,7 +39,7 @@ def read_verified(path, required):
     with open(path, "rb") as handle:
         data = handle.read()
     actual = hashlib.sha256(data).hexdigest()
-    sidecar = path + SHA256_SUFFIX
+    sidecar = str(sidecar_path(path))
     if not os.path.isfile(sidecar):
         message = f"no checksum file {sidecar}: cannot verify {path} (sha256 {actual})"
         if required:
@@ -50,13 +47,12 @@ def read_verified(path, required):
             raise pb_utils.TritonModelException(f"refusing to load: {message}")
         pb_utils.Logger.log_warn(f"{message}; loading it unverified")
         return data
-    with open(sidecar, encoding="utf-8", errors="replace") as handle:
-        match = _DIGEST.match(handle.read().strip())
-    if match is None:
-        message = f"refusing to load {path}: {sidecar} does not start with a SHA-256 hex digest"
+    try:
+        expected = read_sidecar(path)
+    except (OSError, ValueError) as exc:
+        message = f"refusing to load {path}: {exc}"
         pb_utils.Logger.log_error(message)
-        raise pb_utils.TritonModelException(message)
-    expected = match.group(1).lower()
+        raise pb_utils.TritonModelException(message) from None
     if actual != expected:
         message = (
             f"refusing to load {path}: SHA-256 mismatch, file has {actual} but {os.path.basename(sidecar)} "

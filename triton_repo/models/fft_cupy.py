@@ -41,7 +41,7 @@ class MaskedViews:
             self.scale = (1.0 / (255.0 * std)).astype(cp.float32)
             self.shift = (-mean / std).astype(cp.float32)
         self.shape = (3, height, width)
-        self.views = max(metadata.fft_stage.masks, 1)
+        self.views = metadata.fft_stage.views
         self.out_dtype = np.dtype(out_dtype)
 
     def __call__(self, images):
