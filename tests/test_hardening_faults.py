@@ -8,7 +8,8 @@ Every time bound is derived from the configuration and from what the test measur
 server's own cold start (``startup_s``), one health check under the load (``check_s``), the slowest answer
 before the fault. A recovery (stop, then start or reload) must take no longer than three cold starts.
 
-- killed stub, default model control: ``watch()`` notices it within 4 watchdog periods (0.5 s + ``check_s``)
+- killed stub, default model control: ``watch()`` notices it at the first or second check begun after the kill
+  (and within 4 watchdog periods of 0.5 s + ``check_s``, or one period after that check began)
   and restarts the server;
   requests in flight die with the connection (UNAVAILABLE) and are retried, so the callers see no error at all.
 - killed stub, explicit model control: ``watch()`` reloads the model (the rest of the server keeps serving); the
@@ -180,7 +181,12 @@ def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path:
            recovered_s=recovery.recovered_s, requests=len(load.records), errors=len(errors))
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert ("detector" in recovery.reason) if victim != "tritonserver" else ("exited" in recovery.reason)
-    assert recovery.detected_at - killed_at < 4 * period_s, "not noticed within a few checks"
+    # Noticed by the first check that began after the kill, or the second when the kill landed during one; and, in
+    # time, within 4 watchdog periods as measured under this load (a check's length varies with the machine).
+    rounds = [t for t in watchdog.round_starts if killed_at <= t <= recovery.detected_at]
+    assert 1 <= len(rounds) <= 2, (rounds, killed_at, recovery.detected_at)
+    assert recovery.detected_at - killed_at < max(4 * period_s, rounds[-1] - killed_at + period_s), \
+        "not noticed within a few checks"
     assert recovery.recovered_s < 3 * started.startup_s
     assert health is None, health
     assert pid not in after and after != before

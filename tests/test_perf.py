@@ -154,8 +154,8 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
 
     The two run one after the other on a shared 2-core machine, both under the harness's window policy (2 s
     windows that agree within 20 %, inside the 25 % the assertion allows), and a level that disagrees or that
-    perf_analyzer could not stabilise is measured once more, both ways, before the assertion: a burst of outside
-    load during one of the two runs is not a disagreement.
+    perf_analyzer could not stabilise is measured again, both ways, up to twice, before the assertion: a burst of
+    outside load during one of the two runs is not a disagreement.
     """
 
     def measure(levels: str, name: str) -> tuple[dict, dict]:
@@ -173,9 +173,11 @@ def test_agrees_with_perf_analyzer(triton_server, tmp_path):
 
     ours, theirs = measure("1,2,4", "pa.json")
     for level in (1, 2, 4):
-        first = ratio(ours, theirs, level)
-        if first is None or not 0.75 <= first <= 1.25:
-            again_ours, again_theirs = measure(str(level), f"pa_again_c{level}.json")
+        for attempt in range(2):  # up to two more measurements of a level that disagreed or did not stabilise
+            measured = ratio(ours, theirs, level)
+            if measured is not None and 0.75 <= measured <= 1.25:
+                break
+            again_ours, again_theirs = measure(str(level), f"pa_again_c{level}_{attempt}.json")
             ours[level], theirs[level] = again_ours[level], again_theirs[level]  # the other levels keep theirs
         assert "error" not in theirs[level], theirs[level]
         assert 0.75 <= ratio(ours, theirs, level) <= 1.25, (level, ours[level], theirs[level]["throughput_ips"])

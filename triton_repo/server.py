@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import glob
 import json
@@ -694,6 +695,7 @@ class Watchdog(threading.Thread):
         self.hang_probe = hang_probe
         self.failures_to_restart = max(1, failures_to_restart)
         self.recoveries: list[Recovery] = []
+        self.round_starts: collections.deque[float] = collections.deque(maxlen=10_000)  # time.monotonic() of each check
         self._stopping = threading.Event()
         self._last_counts: dict[str, int] | None = None  # success counts read at the previous probe
         self._hung: list[str] = []
@@ -753,6 +755,7 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         failures = 0
         while not self._stopping.wait(self.interval_s):
+            self.round_starts.append(time.monotonic())
             problem, urgent = self._problem()
             if problem is None:
                 failures = 0
