@@ -184,8 +184,29 @@ def render_one_vs_two() -> str:
     return "\n".join(lines)
 
 
+def render_ablation_runs() -> str:
+    """The README's table of every run in the ablation's results store (``docs/ablation/runs/*/seed*.json``)."""
+    store = ROOT / "docs" / "ablation" / "runs"
+    records = [json.loads(path.read_text()) for path in sorted(store.glob("*/seed*.json"))]
+    records.sort(key=lambda r: (-r["metrics"]["benchmark"]["unseen"]["ap"], r["key"]["seed"]))
+    families = sorted(records[0]["metrics"]["generators"])
+    header = ["training masking", "seed", "benchmark draw", "unseen AP", "unseen TPR at 5 % FPR",
+              "unseen reals called fake (%)", "`exif` reals called fake (%)", *families]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        bench = r["metrics"]["benchmark"]
+        draw = r["build"][:8] if re.fullmatch(r"[0-9a-f]{64}", r.get("build", "")) else "not recorded"
+        cells = [r["key"]["config"], str(r["key"]["seed"]), draw, f"{bench['unseen']['ap']:.3f}",
+                 f"{bench['unseen']['tpr_at_fpr_5']:.3f}", f"{100 * (1 - bench['unseen']['real_acc_calibrated']):.1f}",
+                 f"{100 * bench['real_sources']['exif']['fpr']:.1f}",
+                 *(f"{r['metrics']['generators'][f]['ap']:.3f}" for f in families)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # Blocks rendered from committed result files other than the tests' records: name -> (document, renderer).
-DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16), "one_vs_two": ("deploy/README.md", render_one_vs_two)}
+DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16), "one_vs_two": ("deploy/README.md", render_one_vs_two),
+           "ablation_runs": ("README.md", render_ablation_runs)}
 
 
 def record(table: str, row: str, **figures: object) -> None:
