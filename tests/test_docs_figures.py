@@ -148,3 +148,25 @@ def test_readme_fp16_table_is_the_committed_reports() -> None:
     for label, k, impl in (("none (K = 0, the shipped setting)", 0, "matmul"), ("K = 2, MatMul", 2, "matmul"),
                            ("K = 2, `DFT` op", 2, "dft")):
         assert f"| {label} {cells(reports[k], impl)}" in section, label
+
+
+def test_readme_generator_table_is_the_committed_build() -> None:
+    """The benchmark's family table: train and sample seconds from ``docs/benchmark/build_info.json``, trivial AUCs
+    and the high-band spectral difference from ``docs/benchmark/dataset_summary.json``; the build time too."""
+    import re
+
+    section = _readme_section("**Ten generator families, five mechanisms.**", "Seconds on the 2-core machine")
+    build = json.loads((figures.ROOT / "docs" / "benchmark" / "build_info.json").read_text())
+    summary = json.loads((figures.ROOT / "docs" / "benchmark" / "dataset_summary.json").read_text())
+    row = r"^\| (\w+) \| \w+ \| .+ \| (\d+) \| (\d+) \| ([\d.]+) \(([\d.]+)\) \| (-?[\d.]+) \|$"
+    rows = re.findall(row, section, re.M)
+    assert len(rows) == len(build["generators"]) == 10
+    for family, train_s, sample_s, auc, cv_auc, high_db in rows:
+        timing = build["generators"][family]
+        trivial = summary["trivial_detectors"]["families"][family]
+        assert (int(train_s), int(sample_s)) == (round(timing["train_seconds"]), round(timing["generate_seconds"]))
+        assert (float(auc), float(cv_auc)) == (round(trivial["auc"], 3), round(trivial["within_family_cv_auc"], 3))
+        assert float(high_db) == round(summary["spectra"][family]["fake_minus_real_db_by_band"]["high"], 1), family
+    profiles = _readme_section("Profiles: `full`", "`--summary-dir docs/benchmark`")
+    assert f"**{build['seconds']:.0f} s**" in profiles
+    assert f"the {build['generators']['ddpm']['train_seconds']:.0f} s the DDPM took to train" in profiles
