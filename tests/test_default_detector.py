@@ -78,3 +78,21 @@ def test_model_card_states_what_it_must() -> None:
     card = (ROOT / "detectors" / "README.md").read_text()
     for heading in ("Intended use", "Out of scope", "Training data", "Evaluation", "Calibration", "Limitations"):
         assert re.search(rf"^## {heading}", card, re.MULTILINE), heading
+
+
+def test_readme_prose_figures_are_the_committed_evaluation() -> None:
+    """The README's sentences about the default detector: its threshold, the false positives per testing source,
+    the unseen mean AP against the target and after JPEG 75."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The default detector"):readme.index("## The paper's ablation")]
+    bench = METRICS["benchmark"]
+    assert f"threshold {METRICS['threshold']:.4f} calibrated" in section
+    per_source = ", ".join(f"{name} {100 * s['fpr']:.1f} %" for name, s in sorted(bench["real_sources"].items()))
+    assert f"(target 5 %): {per_source}." in section
+    unseen = bench["unseen"]
+    assert f"{100 * (1 - unseen['real_acc_calibrated']):.1f} % of all" in section
+    assert f"{unseen['ap']:.3f} against ≥ 0.90 (**missed** by {0.90 - unseen['ap']:.3f})" in section
+    families = bench["unseen_families"]
+    jpeg75 = next(r for r in METRICS["robustness"]["jpeg"] if r["level"] == 75)
+    after = sum(jpeg75["generators"][f]["ap"] for f in families) / len(families)
+    assert f"({unseen['ap']:.3f} clean, {after:.3f} after JPEG 75; met)" in section
