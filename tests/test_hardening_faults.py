@@ -8,10 +8,11 @@ Every time bound is derived from the configuration and from what the test measur
 server's own cold start (``startup_s``), one health check under the load (``check_s``), the slowest answer
 before the fault. A recovery (stop, then start or reload) must take no longer than three cold starts.
 
-- killed stub, default model control: ``watch()`` notices it at the first or second check begun after the kill
-  (and within 4 watchdog periods of 0.5 s + ``check_s``, or one period after that check began)
-  and restarts the server;
-  requests in flight die with the connection (UNAVAILABLE) and are retried, so the callers see no error at all.
+- killed stub, default model control: ``watch()`` notices it at the first check begun after the kill (which may
+  wait for a check under way, up to its inference probe's deadline) and restarts the server; requests in flight
+  die with the connection (UNAVAILABLE) and are retried, so the callers see no error, except when the kill came
+  during the watchdog's probe: then the requests the dead stub held fail with INTERNAL before the restart, as
+  with explicit control below.
 - killed stub, explicit model control: ``watch()`` reloads the model (the rest of the server keeps serving); the
   requests that reached the dead stub fail with INTERNAL "Stub process ... is not healthy" (the client does not
   retry INTERNAL): at most 2 per client thread, all sent before the reload completed, each answered by the
@@ -181,23 +182,23 @@ def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path:
            recovered_s=recovery.recovered_s, requests=len(load.records), errors=len(errors))
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert ("detector" in recovery.reason) if victim != "tritonserver" else ("exited" in recovery.reason)
-    # Noticed by the first check that began after the kill, or the second when the kill landed during one; and, in
-    # time, within 4 watchdog periods as measured under this load (a check's length varies with the machine).
+    # Noticed by the first check that began after the kill (or the second, when the kill came as one began). A check
+    # under way at the kill can last as long as its inference probe (deadline ``hang_probe.deadline_s``) when the
+    # probe's request went to the dead stub, so the first check after the kill may begin that much later.
     rounds = [t for t in watchdog.round_starts if killed_at <= t <= recovery.detected_at]
     assert 1 <= len(rounds) <= 2, (rounds, killed_at, recovery.detected_at)
-    assert recovery.detected_at - killed_at < max(4 * period_s, rounds[-1] - killed_at + period_s), \
-        "not noticed within a few checks"
+    assert rounds[0] - killed_at <= WATCH_INTERVAL_S + watchdog.hang_probe.deadline_s + period_s, rounds
+    assert recovery.detected_at - rounds[-1] <= period_s, "the check that began after the kill did not notice it"
     assert recovery.recovered_s < 3 * started.startup_s
     assert health is None, health
     assert pid not in after and after != before
-    if explicit:
-        assert all("InferenceError" in e[2] and "is not healthy" in e[2] for e in errors), errors
-        assert len(errors) <= 2 * THREADS, errors
-        # a request already handed to the dead stub fails when the backend gives up on it: answered by the
-        # server (the message above, not the client's deadline), and never one sent after the reload
-        assert all(begin <= recovered_at for begin, _, _ in errors), errors
-    else:
-        assert errors == [], errors[:5]
+    # A request already handed to the dead stub fails when the backend gives up on it (INTERNAL "not healthy",
+    # answered by the server, not left to the client's deadline): with explicit control always, since the rest of the
+    # server keeps serving; with a restart only when the backend gives up before the restart closes the connections
+    # (the kill came during the watchdog's probe). Never a request sent after the recovery.
+    assert all("InferenceError" in e[2] and "is not healthy" in e[2] for e in errors), errors
+    assert len(errors) <= 2 * THREADS, errors
+    assert all(begin <= recovered_at for begin, _, _ in errors), errors
 
 
 def test_restart_mid_load_is_invisible_to_retrying_clients(cpu_repository: Path, tmp_path: Path):
