@@ -170,3 +170,14 @@ def test_readme_generator_table_is_the_committed_build() -> None:
     profiles = _readme_section("Profiles: `full`", "`--summary-dir docs/benchmark`")
     assert f"**{build['seconds']:.0f} s**" in profiles
     assert f"the {build['generators']['ddpm']['train_seconds']:.0f} s the DDPM took to train" in profiles
+
+
+@pytest.mark.parametrize("document", ["README.md", "triton_repo/README.md", "triton_repo/GPU.md", "deploy/README.md",
+                                      "detectors/README.md", "docs/architecture.md", "CHANGELOG.md"])
+def test_every_result_file_a_document_names_is_committed(document: str) -> None:
+    """A figure's source named as `docs/...` or `detectors/...` exists in the repository."""
+    import re
+
+    text = (figures.ROOT / document).read_text()
+    named = set(re.findall(r"`((?:docs|detectors)/[^`\s*<>]+)`", text))
+    assert not {n for n in named if not (figures.ROOT / n).exists()}, document
