@@ -179,7 +179,7 @@ class InProcessSender:
         self.payloads, self.batch_size = payloads, batch_size
 
     def __call__(self, request: int) -> None:
-        images = np.stack([preprocess_image(p, self.metadata.input_size)
+        images = np.stack([preprocess_image(p, self.metadata.input_size, crops=self.metadata.coverage.crops)
                            for p in _batch(self.payloads, request, self.batch_size)])
         probs = self.run_batch(images)
         if probs.shape[0] != self.batch_size:

@@ -74,17 +74,19 @@ def cuda_device():
     return torch.device("cuda")
 
 
-def _test_images(data: Path | None, size: tuple[int, int], limit: int = 512) -> tuple[np.ndarray, str]:
-    """(N, 3, H, W) uint8 detector inputs: the testing split of ``data`` when given, else generated photos."""
+def _test_images(data: Path | None, size: tuple[int, int], limit: int = 512, crops: int = 1) -> tuple[np.ndarray, str]:
+    """(N, 3 * crops, H, W) uint8 detector inputs: the testing split of ``data`` when given, else generated photos."""
     from core.preprocess import preprocess_image
 
     if data is not None and (data / "testing").is_dir():
         paths = sorted(p for p in (data / "testing").rglob("*") if p.is_file())[:limit]
-        return np.stack([preprocess_image(p.read_bytes(), size) for p in paths]), f"{len(paths)} images of {data}"
+        return (np.stack([preprocess_image(p.read_bytes(), size, crops=crops) for p in paths]),
+                f"{len(paths)} images of {data}")
     from benchmarks.payloads import PayloadProfile, generate
 
     payloads = generate(PayloadProfile.THUMBNAILS, 64, seed=0)
-    return np.stack([preprocess_image(p.data, size) for p in payloads]), "64 generated thumbnails (no --data)"
+    images = np.stack([preprocess_image(p.data, size, crops=crops) for p in payloads])
+    return images, "64 generated thumbnails (no --data)"
 
 
 def check_gpu_tests(args: argparse.Namespace) -> dict:
@@ -109,7 +111,7 @@ def check_detector_fp16(args: argparse.Namespace) -> dict:
 
     device = cuda_device()
     model = load_detector(args.checkpoint).to(device)
-    images, source = _test_images(args.data, model.metadata.input_size)
+    images, source = _test_images(args.data, model.metadata.input_size, crops=model.metadata.coverage.crops)
     threshold = model.metadata.threshold.value
     probs = {}
     with torch.inference_mode():

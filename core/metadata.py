@@ -8,6 +8,7 @@ as literals.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -68,6 +69,47 @@ class FFTStageConfig:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """Which native-resolution windows of an image the detector scores, and how their logits become one.
+
+    ``crops`` windows of the input size (``crop`` semantics each: no resize, zero-padded where the image is
+    smaller): 1 is the centre window (the paper's test protocol); n * n (n >= 2) an n x n grid spread evenly from
+    corner to corner; n * n + 1 that grid plus the centre window. The image's logit is the mean of its ``top_k``
+    highest window logits: 1 is the max (one generated region flags the whole image), ``crops`` the plain mean.
+    The windows travel stacked along the channel axis: an image is (3 * crops, H, W), window i in channels
+    3i..3i+2 (``core.preprocess.stack_windows``).
+    """
+
+    crops: int = 1
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        if not is_valid_crop_count(self.crops):
+            raise ValueError(f"coverage.crops must be 1, n*n or n*n + 1 (n >= 2), e.g. 1, 4, 5, 9, 10; "
+                             f"got {self.crops}")
+        if not 1 <= self.top_k <= self.crops:
+            raise ValueError(f"coverage.top_k must be in [1, crops = {self.crops}], got {self.top_k}")
+
+    @property
+    def channels(self) -> int:
+        """Channels of one image as the detector graph takes it: 3 per window."""
+        return 3 * self.crops
+
+
+def grid_side(crops: int) -> int:
+    """n of the n x n grid behind a crop count (1 for the centre window alone)."""
+    return math.isqrt(crops)
+
+
+def is_valid_crop_count(crops: int) -> bool:
+    """1, n * n or n * n + 1 with n >= 2."""
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1:
+        return False
+    n = grid_side(crops)
+    return crops == n * n or (n >= 2 and crops == n * n + 1)
+
+
+@dataclass(frozen=True)
 class Threshold:
     """Decision threshold on ``prob_fake``; ``method`` says how it was chosen."""
 
@@ -86,6 +128,7 @@ class DetectorMetadata:
     std: tuple[float, float, float] = IMAGENET_STD
     crop: CropPolicy = CropPolicy.CENTER
     fft_stage: FFTStageConfig = field(default_factory=FFTStageConfig)
+    coverage: Coverage = field(default_factory=Coverage)
     threshold: Threshold = field(default_factory=Threshold)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +141,8 @@ class DetectorMetadata:
         object.__setattr__(self, "crop", CropPolicy(self.crop))
         if isinstance(self.fft_stage, dict):
             object.__setattr__(self, "fft_stage", FFTStageConfig(**self.fft_stage))
+        if isinstance(self.coverage, dict):
+            object.__setattr__(self, "coverage", Coverage(**self.coverage))
         if isinstance(self.threshold, dict):
             object.__setattr__(self, "threshold", Threshold(**self.threshold))
         if len(self.input_size) != 2 or min(self.input_size) < 8:

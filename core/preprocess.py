@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.jpeg import region_reader
+from core.metadata import grid_side, is_valid_crop_count
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File-name suffixes of the accepted formats: what the tools that walk folders of images pick up.
@@ -230,9 +231,36 @@ def center_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int,
     return left, top, left + min(width, crop_w), top + min(height, crop_h)
 
 
-def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
-    """The upright centre window of a JPEG, decoding only the MCUs around it; None where a region read cannot be
-    made (no libturbojpeg, a stream it only warns about, a layout it does not take): the caller decodes whole.
+def crop_boxes(image_size: tuple[int, int], size: tuple[int, int], crops: int = 1) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of the pixels behind each of ``crops`` windows (``core.metadata.Coverage``) of an
+    image of ``image_size`` = (width, height): along an axis longer than the window, n offsets spread evenly from
+    edge to edge (the centre for n = 1); along a shorter one, the whole extent (the window is zero-padded).
+    Row-major grid order, the centre window last for n * n + 1."""
+    if not is_valid_crop_count(crops):
+        raise ValueError(f"crops must be 1, n*n or n*n + 1 (n >= 2), got {crops}")
+    width, height = image_size
+    crop_h, crop_w = size
+    n = grid_side(crops)
+
+    def starts(extent: int, window: int) -> list[int]:
+        if extent <= window:
+            return [0] * n
+        if n == 1:
+            return [int(round((extent - window) / 2.0))]
+        return [int(round(i * (extent - window) / (n - 1))) for i in range(n)]
+
+    rows = [(top, top + min(height, crop_h)) for top in starts(height, crop_h)]
+    cols = [(left, left + min(width, crop_w)) for left in starts(width, crop_w)]
+    boxes = [(left, top, right, bottom) for top, bottom in rows for left, right in cols]
+    if crops == n * n + 1:
+        boxes.append(center_box(image_size, size))
+    return boxes
+
+
+def _jpeg_windows(data: bytes, img: Image.Image, boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray] | None:
+    """The upright pixels of each box of a JPEG, decoding only the MCUs around them; None where a region read
+    cannot be made (no libturbojpeg, a stream it only warns about, a layout it does not take): the caller decodes
+    whole.
 
     Raises:
         ImageDecodeError: the entropy-coded data ends before the image does (truncated, damaged mid-stream, or a
@@ -243,33 +271,63 @@ def _jpeg_center(data: bytes, img: Image.Image, size: tuple[int, int]) -> np.nda
         return None
     transpose = _orientation_transpose(img)
     width, height = img.size
-    upright = (height, width) if transpose in _SWAPS_AXES else (width, height)
-    left, top, right, bottom = _source_box(center_box(upright, size), transpose, width, height)
+    sources = [_source_box(box, transpose, width, height) for box in boxes]
     try:
-        (region,) = reader.read(data, [(left, top, right, bottom)])
+        regions = reader.read(data, sources)
     except OSError as exc:
         if "premature end" in str(exc).lower():
             raise ImageDecodeError(
                 f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})", "truncated") from None
         return None
-    with Image.open(io.BytesIO(region.jpeg), formats=["JPEG"]) as part:
-        part.load()
-        if part.mode != img.mode:
-            return None
-        window = part.crop((region.offset_x, region.offset_y, region.offset_x + right - left,
-                            region.offset_y + bottom - top))
-        return _upright_rgb(window, transpose)
+    windows = []
+    for region, (left, top, right, bottom) in zip(regions, sources):
+        with Image.open(io.BytesIO(region.jpeg), formats=["JPEG"]) as part:
+            part.load()
+            if part.mode != img.mode:
+                return None
+            window = part.crop((region.offset_x, region.offset_y, region.offset_x + right - left,
+                                region.offset_y + bottom - top))
+            windows.append(_upright_rgb(window, transpose))
+    return windows
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    width, height = img.size
+    return (height, width) if _orientation_transpose(img) in _SWAPS_AXES else (width, height)
+
+
+def decode_windows(data: bytes, size: tuple[int, int], crops: int = 1,
+                   limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """The ``crops`` windows (:func:`crop_boxes`) of the decoded image, (crops, height, width, 3) uint8: the same
+    pixels as :func:`crop_windows` of :func:`decode_image`, reading only the MCUs around them for a JPEG when
+    libjpeg-turbo is available (a fraction of the work on photo-sized images). Same limits and errors."""
+    with _decode_errors():
+        img = _open(data, limits)
+        boxes = crop_boxes(_upright_size(img), size, crops)
+        parts = _jpeg_windows(data, img, boxes) if img.format in _JPEG_FORMATS else None
+        if parts is None:
+            rgb = _upright_rgb(img, _orientation_transpose(img))
+            parts = [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
+        return np.stack([center_crop_or_pad(part, size) for part in parts])
 
 
 def decode_center_crop(data: bytes, size: tuple[int, int], limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """``center_crop_or_pad(decode_image(data), size)``, reading only the centre of a JPEG when libjpeg-turbo is
-    available (same pixels, a fraction of the work on photo-sized images). Same limits and errors."""
-    with _decode_errors():
-        img = _open(data, limits)
-        rgb = _jpeg_center(data, img, size) if img.format in _JPEG_FORMATS else None
-        if rgb is None:
-            rgb = _upright_rgb(img, _orientation_transpose(img))
-        return center_crop_or_pad(rgb, size)
+    """``center_crop_or_pad(decode_image(data), size)``: the centre window of :func:`decode_windows`."""
+    return decode_windows(data, size, 1, limits)[0]
+
+
+def crop_windows(img: np.ndarray, size: tuple[int, int], crops: int = 1) -> np.ndarray:
+    """The ``crops`` windows (:func:`crop_boxes`) of an HxWxC array, (crops, height, width, C); for ``crops`` = 1
+    the one window is ``center_crop_or_pad(img, size)``."""
+    height, width = img.shape[:2]
+    return np.stack([center_crop_or_pad(img[top:bottom, left:right], size)
+                     for left, top, right, bottom in crop_boxes((width, height), size, crops)])
+
+
+def stack_windows(windows: np.ndarray) -> np.ndarray:
+    """(crops, H, W, 3) windows -> the detector's (3 * crops, H, W) image, window i in channels 3i..3i+2."""
+    crops, height, width, channels = windows.shape
+    return np.ascontiguousarray(windows.transpose(0, 3, 1, 2).reshape(crops * channels, height, width))
 
 
 def center_crop_or_pad(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -296,10 +354,10 @@ def center_crop_or_pad(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def preprocess_image(
-    data: bytes, input_size: tuple[int, int], limits: DecodeLimits = DecodeLimits()
+    data: bytes, input_size: tuple[int, int], limits: DecodeLimits = DecodeLimits(), crops: int = 1
 ) -> np.ndarray:
-    """Image bytes -> uint8 array of shape (3, height, width), ready for the model graph."""
-    return np.ascontiguousarray(decode_center_crop(data, input_size, limits).transpose(2, 0, 1))
+    """Image bytes -> uint8 array of shape (3 * crops, height, width), ready for the model graph."""
+    return stack_windows(decode_windows(data, input_size, crops, limits))
 
 
 def normalize(

@@ -96,11 +96,12 @@ class ImageSet:
 
 def load_images(config: NumericsConfig, metadata: DetectorMetadata) -> ImageSet:
     """The split's images through the evaluation transform (centre crop / zero-pad, no resize), as uint8 NCHW."""
-    dataset = RealFakeDataset(config.data, split=config.split, image_size=metadata.input_size, train=False)
+    dataset = RealFakeDataset(config.data, split=config.split, image_size=metadata.input_size, train=False,
+                              crops=metadata.coverage.crops)
     indices = np.arange(len(dataset))
     if config.limit is not None and config.limit < len(indices):
         indices = np.unique(np.linspace(0, len(dataset) - 1, config.limit).round().astype(int))
-    images = np.stack([np.ascontiguousarray(dataset.load(int(i)).transpose(2, 0, 1)) for i in indices])
+    images = np.stack([dataset[int(i)][0].numpy() for i in indices])
     samples = [dataset.samples[int(i)] for i in indices]
     return ImageSet(images, np.array([s.label for s in samples]), [str(s.path) for s in samples],
                     [s.generator for s in samples])

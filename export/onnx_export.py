@@ -1,12 +1,13 @@
 """Checkpoint -> ONNX with a dynamic batch, the FFT stage fused, checked and compared against PyTorch.
 
-The graph takes ``IMAGE`` (uint8, (B, 3, H, W), what ``core.preprocess`` produces) and returns ``LOGIT``,
-``PROB_FAKE`` (float32, (B, 1)) and ``IS_FAKE`` (bool, (B, 1), at the calibrated threshold). The checkpoint's
-metadata is stored in the model's ``metadata_props`` so a runtime can read it from the file alone.
+The graph takes ``IMAGE`` (uint8, (B, 3 * crops, H, W), what ``core.preprocess`` produces; crops = 1 unless the
+metadata's coverage asks for more windows) and returns ``LOGIT``, ``PROB_FAKE`` (float32, (B, 1)) and ``IS_FAKE``
+(bool, (B, 1), at the calibrated threshold). The checkpoint's metadata is stored in the model's ``metadata_props``
+so a runtime can read it from the file alone.
 
-``--fft-impl external`` leaves the FFT stage out: the graph then takes ``MASKED`` (float32, (B, K, 3, H, W)), the
-normalised and masked views that the gpu-cupy target's python ``fft_stage`` model computes with cuFFT, and
-averages the K logits inside.
+``--fft-impl external`` leaves the FFT stage out: the graph then takes ``MASKED`` (float32, (B, crops * K, 3, H,
+W)), the normalised and masked views that the gpu-cupy target's python ``fft_stage`` model computes with cuFFT,
+and averages the K logits of each window, then aggregates the windows, inside.
 
 ``--precision fp16`` writes a strongly typed FP16 graph (the precision is in the graph, not in a builder flag):
 BatchNorm is folded into the convolutions in fp32 first, then weights and activations are FP16; the I/O stays
@@ -30,12 +31,12 @@ import torch
 from torch import nn
 
 from core.fft import apply_fft_stage, inference_masks
-from core.metadata import DetectorMetadata, FFTStageConfig
+from core.metadata import DetectorMetadata
 from core.names import IMAGE, IS_FAKE, LOGIT, MASKED, OUTPUTS, PROB_FAKE
 from core.preprocess import normalize
-from training.checkpoint import load_detector
+from training.checkpoint import load_detector, with_masks
 from training.fft_stage import FFTImpl
-from training.model import Detector, ServingHead
+from training.model import Detector, ServingHead, aggregate_windows
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,7 @@ def load_with_masks(checkpoint: Path, impl: FFTImpl | str, masks: int | None = N
     """The checkpoint's detector in eval mode, with ``masks`` test-time masks instead of its own when given."""
     model = load_detector(checkpoint, fft_impl=impl)
     if masks is not None and masks != model.metadata.fft_stage.masks:
-        stage = FFTStageConfig(**{**model.metadata.fft_stage.__dict__, "masks": masks})
-        metadata = model.metadata.with_updates(fft_stage=stage)
-        state = model.state_dict()
-        model = Detector(metadata, fft_impl=impl)
-        model.load_state_dict(state)
+        model = with_masks(model, masks)
     return model.eval()
 
 
@@ -117,30 +114,35 @@ def _load(config: ExportConfig, impl: FFTImpl) -> Detector:
 
 
 class BackboneHead(nn.Module):
-    """The graph without the FFT stage: ``MASKED`` float32 (B, K, 3, H, W), already normalised and masked ->
-    (LOGIT, PROB_FAKE, IS_FAKE), each (B, 1), the K logits averaged inside (as ``Detector.forward`` does)."""
+    """The graph without the FFT stage: ``MASKED`` float32 (B, crops * K, 3, H, W), already normalised and masked
+    (window-major) -> (LOGIT, PROB_FAKE, IS_FAKE), each (B, 1); per window the K logits averaged, then the windows
+    aggregated, inside (as ``Detector.forward`` does)."""
 
     def __init__(self, detector: Detector) -> None:
         super().__init__()
         self.backbone = detector.backbone
         self.threshold = float(detector.metadata.threshold.value)
+        self.coverage = detector.metadata.coverage
+        self.masks = detector.metadata.fft_stage.views
 
     def forward(self, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        views = masked.shape[1]
         dtype = next(self.backbone.parameters()).dtype
-        logit = self.backbone(masked.reshape(-1, *masked.shape[2:]).to(dtype)).reshape(-1, views).mean(dim=1)
+        logit = self.backbone(masked.reshape(-1, *masked.shape[2:]).to(dtype)).reshape(-1, self.masks).mean(dim=1)
+        logit = aggregate_windows(logit.reshape(-1, self.coverage.crops), self.coverage.top_k)
         logit = logit.reshape(-1, 1).float()
         prob = torch.sigmoid(logit)
         return logit, prob, prob >= self.threshold
 
 
 def masked_views(images: np.ndarray, metadata: DetectorMetadata) -> np.ndarray:
-    """uint8 (B, 3, H, W) -> float32 (B, K, 3, H, W), normalised and masked by the numpy reference: the input of
-    an ``external`` graph, what the CuPy ``fft_stage`` model computes (K = 1, unmasked, for a checkpoint without
-    test-time masks)."""
+    """uint8 (B, 3 * crops, H, W) -> float32 (B, crops * K, 3, H, W), normalised and masked by the numpy reference,
+    window-major: the input of an ``external`` graph, what the CuPy ``fft_stage`` model computes (K = 1, unmasked,
+    for a checkpoint without test-time masks)."""
     height, width = metadata.input_size
-    x = normalize(images, metadata.mean, metadata.std)
-    return apply_fft_stage(x, inference_masks(metadata.fft_stage, height, width))
+    batch = images.shape[0]
+    x = normalize(images.reshape(-1, 3, height, width), metadata.mean, metadata.std)
+    views = apply_fft_stage(x, inference_masks(metadata.fft_stage, height, width))
+    return views.reshape(batch, -1, 3, height, width)
 
 
 def graph_inputs(fft: OnnxFFT | str, images: np.ndarray, metadata: DetectorMetadata) -> dict[str, np.ndarray]:
@@ -228,21 +230,22 @@ def to_fp16(head: nn.Module, detector: Detector) -> nn.Module:
     buffer cast. The FP16 export and the FP16 numerics report (PyTorch half) use the same weights."""
     metadata = detector.metadata
     height, width = metadata.input_size
-    views = masked_views(parity_images(2, height, width), metadata)
+    views = masked_views(parity_images(2, height, width, channels=metadata.coverage.channels), metadata)
     example = torch.from_numpy(views.reshape(-1, *views.shape[2:]))
     folded = fold_batchnorm(detector.backbone, example)
     logger.info("fp16: folded %d BatchNorm layers into their convolutions in fp32", folded)
     return head.half()
 
 
-def parity_images(batch_size: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Deterministic uint8 test batch with image-like structure (smooth gradients, edges and noise)."""
+def parity_images(batch_size: int, height: int, width: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """Deterministic uint8 test batch with image-like structure (smooth gradients, edges and noise); ``channels``
+    3 * crops for a multi-window coverage."""
     rng = np.random.default_rng(seed + batch_size)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out = np.empty((batch_size, 3, height, width), dtype=np.uint8)
+    out = np.empty((batch_size, channels, height, width), dtype=np.uint8)
     for i in range(batch_size):
         base = 128 + 90 * np.sin(xx / rng.uniform(3, 20) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(3, 20))
-        for c in range(3):
+        for c in range(channels):
             noise = rng.normal(0, rng.uniform(2, 25), size=(height, width))
             out[i, c] = np.clip(base + noise + rng.uniform(-40, 40), 0, 255).astype(np.uint8)
     return out
@@ -258,7 +261,8 @@ def export_onnx(config: ExportConfig) -> ParityReport:
     head = BackboneHead(model) if fft is OnnxFFT.EXTERNAL else ServingHead(model)
     if precision is Precision.FP16:
         head = to_fp16(head, model)
-    (example,) = graph_inputs(fft, parity_images(2, height, width), metadata).values()
+    images = parity_images(2, height, width, channels=metadata.coverage.channels)
+    (example,) = graph_inputs(fft, images, metadata).values()
     argument = "masked" if fft is OnnxFFT.EXTERNAL else "images"  # the forward's parameter name
     config.out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -310,7 +314,7 @@ def check_parity(config: ExportConfig, metadata: DetectorMetadata) -> ParityRepo
     height, width = metadata.input_size
     per_batch = {}
     for bs in config.parity_batch_sizes:
-        images = parity_images(bs, height, width)
+        images = parity_images(bs, height, width, channels=metadata.coverage.channels)
         with torch.no_grad():
             expected = reference(torch.from_numpy(images)).numpy()
         logit = session.run([LOGIT], graph_inputs(config.fft_impl, images, metadata))[0].reshape(-1)

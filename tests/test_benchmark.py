@@ -341,3 +341,43 @@ def test_command_line_profiles(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--test-families", "nope"])
 
+
+
+def test_mosaics_place_fake_tiles_as_their_arrangement_says(small_dataset: Path, tmp_path: Path) -> None:
+    """Photo-sized mosaics of the build's tiles: reals of nine real tiles; fakes the same real tiles with all,
+    all-but-the-centre or one off-centre tile replaced by fakes; deterministic; validation in every arrangement."""
+    from core.preprocess import decode_image
+    from training.benchmark.mosaics import ARRANGEMENTS, MANIFEST, MosaicConfig, build_mosaics
+
+    config = MosaicConfig(small_dataset, tmp_path / "mosaics", per_class=3, validation_per_class=2)
+    out = build_mosaics(config)
+    families = sorted(p.name for p in (small_dataset / "testing").iterdir() if p.is_dir())
+    tile = decode_image(next((small_dataset / "testing" / families[0] / "0_real").iterdir()).read_bytes()).shape[0]
+    side = 3 * tile * 11 // 12
+    for arrangement in ARRANGEMENTS:
+        assert sorted(p.name for p in (out / f"testing_{arrangement}").iterdir()) == families
+        for family in families:
+            for i in range(3):
+                real = decode_image((out / f"testing_{arrangement}" / family / "0_real" / f"{i:04d}.png").read_bytes())
+                fake = decode_image((out / f"testing_{arrangement}" / family / "1_fake" / f"{i:04d}.png").read_bytes())
+                assert real.shape == fake.shape == (side, side, 3)
+                changed = (real != fake).any(axis=2)
+                # Which thirds of the mosaic changed: a tile spans about a third of it (offset < a twelfth).
+                centre = changed[side // 2 - 2:side // 2 + 2, side // 2 - 2:side // 2 + 2].any()
+                corners = [changed[:4, :4].any(), changed[:4, -4:].any(), changed[-4:, :4].any(),
+                           changed[-4:, -4:].any()]
+                if arrangement == "whole":
+                    assert centre and all(corners)
+                elif arrangement == "surround":
+                    assert not centre and all(corners)
+                else:
+                    assert not centre and 0 < changed.mean() < 0.25
+    reals = [(out / f"testing_{a}" / families[0] / "0_real" / "0000.png").read_bytes() for a in ARRANGEMENTS]
+    assert len(set(reals)) == 1  # the same real mosaics in every arrangement
+    for arrangement in ARRANGEMENTS:
+        assert sorted(p.name for p in (out / f"validation_{arrangement}").iterdir()) == sorted(
+            p.name for p in (small_dataset / "validation").iterdir() if p.is_dir())
+    again = build_mosaics(MosaicConfig(small_dataset, tmp_path / "again", per_class=3, validation_per_class=2))
+    for path in sorted(out.rglob("*.png")):
+        assert path.read_bytes() == (again / path.relative_to(out)).read_bytes(), path
+    assert json.loads((out / MANIFEST).read_text())["config"] == config.to_dict()

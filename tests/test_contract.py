@@ -266,3 +266,73 @@ def test_image_suffixes_follow_the_accepted_formats():
     for fmt, suffixes in FORMAT_SUFFIXES.items():
         for suffix in suffixes:
             assert Image.registered_extensions()[suffix] == fmt, suffix
+
+
+# ---------------------------------------------------------------- coverage (multi-window)
+def test_coverage_counts_and_rule_are_validated() -> None:
+    from core.metadata import Coverage
+
+    for crops in (1, 4, 5, 9, 10, 16, 17):
+        assert Coverage(crops=crops, top_k=crops).channels == 3 * crops
+    for crops in (0, 2, 3, 6, 8, 11, True):
+        with pytest.raises(ValueError, match="crops must be"):
+            Coverage(crops=crops)
+    with pytest.raises(ValueError, match="top_k"):
+        Coverage(crops=5, top_k=6)
+    with pytest.raises(ValueError, match="top_k"):
+        Coverage(crops=5, top_k=0)
+    meta = DetectorMetadata(backbone="resnet50", coverage={"crops": 9, "top_k": 3})
+    assert DetectorMetadata.from_dict(meta.to_dict()).coverage == Coverage(9, 3)
+    legacy = meta.to_dict()
+    del legacy["coverage"]  # metadata written before coverage existed: the centre window
+    assert DetectorMetadata.from_dict(legacy).coverage == Coverage()
+
+
+@pytest.mark.parametrize("shape", [(613, 1001), (128, 300), (50, 60), (300, 128), (128, 128)])
+@pytest.mark.parametrize("crops", [1, 4, 5, 9, 10])
+def test_crop_windows_spread_from_edge_to_edge(shape: tuple[int, int], crops: int) -> None:
+    """Windows are the input size, spread evenly from corner to corner (the centre for one), padded as the centre
+    crop where the image is smaller; one window is exactly ``center_crop_or_pad``."""
+    from core.preprocess import crop_boxes, crop_windows, stack_windows
+
+    img = photo_like(*shape, seed=crops)
+    size = (128, 128)
+    windows = crop_windows(img, size, crops)
+    assert windows.shape == (crops, 128, 128, 3)
+    boxes = crop_boxes((shape[1], shape[0]), size, crops)
+    n = int(np.sqrt(crops))
+    for (left, top, right, bottom), window in zip(boxes, windows):
+        assert right - left == min(shape[1], 128) and bottom - top == min(shape[0], 128)
+        np.testing.assert_array_equal(window, center_crop_or_pad(img[top:bottom, left:right], size))
+    if crops == 1:
+        np.testing.assert_array_equal(windows[0], center_crop_or_pad(img, size))
+    else:
+        lefts = sorted({b[0] for b in boxes[:n * n]})
+        tops = sorted({b[1] for b in boxes[:n * n]})
+        assert lefts[0] == 0 and lefts[-1] == max(0, shape[1] - 128)  # edge to edge
+        assert tops[0] == 0 and tops[-1] == max(0, shape[0] - 128)
+    if crops == n * n + 1:
+        np.testing.assert_array_equal(windows[-1], center_crop_or_pad(img, size))
+    stacked = stack_windows(windows)
+    assert stacked.shape == (3 * crops, 128, 128)
+    np.testing.assert_array_equal(stacked[3:6] if crops > 1 else stacked, windows[min(1, crops - 1)].transpose(2, 0, 1))
+    data = encode(img, "PNG")
+    np.testing.assert_array_equal(preprocess_image(data, size, crops=crops), stacked)
+
+
+@pytest.mark.parametrize("crops,top_k", [(5, 1), (9, 3), (4, 4)])
+def test_detector_aggregates_windows_as_the_rule_says(crops: int, top_k: int) -> None:
+    """A multi-window detector's logit is the mean of the top-k logits its single-window self gives each window."""
+    from core.metadata import Coverage
+    from training.model import Detector
+
+    torch.manual_seed(0)
+    meta = DetectorMetadata(backbone="efficientnet_lite0", input_size=(32, 32), coverage=Coverage(crops, top_k))
+    many = Detector(meta).eval()
+    one = Detector(meta.with_updates(coverage=Coverage())).eval()
+    one.load_state_dict(many.state_dict())
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3 * crops, 32, 32), dtype=np.uint8))
+    with torch.no_grad():
+        per_window = one(images.reshape(-1, 3, 32, 32)).reshape(3, crops)
+        expected = per_window.topk(top_k, dim=1).values.mean(dim=1)
+        np.testing.assert_allclose(many(images).numpy(), expected.numpy(), atol=1e-5)

@@ -324,3 +324,34 @@ def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -
     assert shipped.metadata.metrics["calibration"]["test_time_masks"] == 2
     assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--masks", "-1",
                            "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_path: Path) -> None:
+    """``--crops`` evaluates the same weights on C windows per image; ``training.calibrate --crops`` ships them with
+    the coverage in the metadata, honoured by evaluation, and rejects a count no grid has."""
+    from training.calibrate import main as calibrate_main
+
+    source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(source), "--data", str(small_dataset), "--out", str(out), "--batch-size",
+                 "32", "--crops", "1,5", "9:3", "--no-plots"]) == 0
+    report = json.loads((out / METRICS_JSON).read_text())
+    rows = report["coverage"]
+    assert [(r["crops"], r["top_k"]) for r in rows] == [(1, 1), (5, 1), (9, 3)]
+    assert rows[0]["ap"] == pytest.approx(report["mean"]["ap"], abs=1e-9)  # one window: the centre crop
+    assert rows[0]["relative_cost"] == 1.0 and rows[2]["ms_per_image"] > rows[0]["ms_per_image"]
+    assert "## Coverage" in (out / METRICS_MD).read_text()
+
+    shipped_dir = tmp_path / "nine"
+    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--split", "validation",
+                           "--crops", "9:3", "--out", str(shipped_dir), "--batch-size", "32"]) == 0
+    shipped = load_detector(shipped_dir)
+    assert (shipped.metadata.coverage.crops, shipped.metadata.coverage.top_k) == (9, 3)
+    assert shipped.metadata.metrics["calibration"]["crops"] == 9
+    again = tmp_path / "eval9"
+    assert main(["--checkpoint", str(shipped_dir), "--data", str(small_dataset), "--out", str(again),
+                 "--batch-size", "32", "--no-plots"]) == 0
+    assert json.loads((again / METRICS_JSON).read_text())["mean"]["ap"] == pytest.approx(rows[2]["ap"], abs=1e-9)
+    with pytest.raises(SystemExit):
+        calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--crops", "6",
+                        "--out", str(tmp_path / "bad")])

@@ -150,3 +150,17 @@ def test_preprocess_image_reads_regions(region_reads: list[int]) -> None:
     chw = preprocess.preprocess_image(data, (128, 128))
     np.testing.assert_array_equal(chw, full_then_crop(data, (128, 128)).transpose(2, 0, 1))
     assert region_reads == [1]
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+@pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
+@pytest.mark.parametrize("crops", [5, 9])
+def test_multi_crop_windows_bit_identical_to_full_decode(orientation: int, subsampling: str, crops: int,
+                                                         region_reads: list[int]) -> None:
+    """Every window of a multi-crop coverage, read in one pass over the coefficients, is the full decode's."""
+    data = jpeg(photo_like(613, 1001, seed=orientation), orientation=orientation, quality=90,
+                subsampling=SUBSAMPLING[subsampling])
+    got = preprocess.decode_windows(data, (128, 128), crops)
+    np.testing.assert_array_equal(got, preprocess.crop_windows(decode_image(data), (128, 128), crops))
+    assert got.shape == (crops, 128, 128, 3) and region_reads == [crops]
+    assert len({w.tobytes() for w in got}) == crops  # the windows are distinct places of the image

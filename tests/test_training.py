@@ -169,15 +169,29 @@ def test_layout_errors_say_what_was_expected_and_what_was_found(tmp_path: Path) 
     run = tmp_path / "runs" / "mine"
     assert train_main(["--data", str(tmp_path), "--out", str(run), "--backbone", "efficientnet_lite0"]) == 2
     assert not run.exists()
+    # The default recipe starts from ImageNet weights; ResNet-50 has none offline, and the refusal says what to pass.
+    assert train_main(["--data", str(tmp_path), "--out", str(run), "--backbone", "resnet50"]) == 2
+    assert not run.exists()
+    with pytest.raises(ValueError, match="--weights-path FILE .* or --no-pretrained"):
+        TrainConfig(data=tmp_path, out=run, backbone="resnet50")
+    assert TrainConfig(data=tmp_path, out=run, backbone="resnet50", pretrained=False).image_size == 128
 
 
 def test_training_help_shows_every_default() -> None:
+    """Every default in --help, and the defaults are the default detector's recipe (its training_config.json)."""
     from training.train import get_args_parser
+
+    recipe = json.loads((Path(__file__).resolve().parents[1] / "detectors/default/training_config.json").read_text())
+    defaults = TrainConfig(data=Path("d"), out=Path("o")).to_dict()
+    for key in ("backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "weight_decay", "mask",
+                "mask_band", "mask_ratio", "mask_per_channel", "blur_prob", "jpeg_prob", "target_fpr"):
+        assert defaults[key] == recipe[key], key
 
     options = " ".join(get_args_parser().format_help().split()).split("options:", 1)[1]
     for flag, default in (("--epochs", TrainConfig.epochs), ("--mask-ratio", TrainConfig.mask_ratio),
-                          ("--lr", TrainConfig.lr)):
-        described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+                          ("--lr", TrainConfig.lr), ("--image-size", TrainConfig.image_size),
+                          ("--pretrained,", TrainConfig.pretrained)):
+        described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]  # --pretrained, --no-pretrained: ...
         assert f"(default: {default})" in described, (flag, described)
 
 
@@ -201,16 +215,22 @@ def test_training_transforms_pad_crop_blur_jpeg() -> None:
 # ------------------------------------------------------------------------------------------------- training
 
 
-def test_short_training_beats_chance_and_writes_calibrated_checkpoint(small_dataset: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data=small_dataset, out=tmp_path / "run", backbone="efficientnet_lite0", pretrained=True,
+@pytest.fixture(scope="module")
+def trained(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of a real short training on the small build (64 px, frequency masking)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    config = TrainConfig(data=small_dataset, out=run, backbone="efficientnet_lite0", pretrained=True,
                          image_size=64, epochs=TRAIN_EPOCHS, batch_size=32, mask="frequency", mask_ratio=0.15,
                          seed=0, target_fpr=0.05, workers=0)
-    checkpoint = train(config)
-    assert checkpoint == tmp_path / "run" / CHECKPOINT_DIR
+    assert train(config) == run / CHECKPOINT_DIR
+    return run
 
-    lines = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+
+def test_short_training_beats_chance_and_writes_calibrated_checkpoint(small_dataset: Path, trained: Path) -> None:
+    checkpoint = trained / CHECKPOINT_DIR
+    lines = [json.loads(line) for line in (trained / METRICS_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, TRAIN_EPOCHS + 1))
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["mask"] == "frequency"
+    assert json.loads((trained / "config.json").read_text())["mask"] == "frequency"
 
     metadata = DetectorMetadata.load(checkpoint)
     val = metadata.metrics["val"]
@@ -255,3 +275,73 @@ def test_readme_training_flags_match_the_parser() -> None:
             assert (actions[flag].nargs != 0) == takes_value, f"README shows {flag} {shown_as} a value"
             shown += 1
     assert shown >= 15
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.triton
+def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(small_dataset: Path, trained: Path,
+                                                                               tmp_path: Path) -> None:
+    """Generated tiles around a real centre tile: the centre window alone scores the real tile and calls the image
+    real; a 3 x 3 coverage (max) calls it fake, identically in PyTorch, in the exported graph and through a real
+    tritonserver over gRPC (raw tritonclient)."""
+    import tritonclient.grpc as grpcclient
+
+    from core.metadata import Coverage
+    from core.names import ENSEMBLE, IMAGE_BYTES, IS_FAKE, PROB_FAKE
+    from core.preprocess import preprocess_image
+    from export.__main__ import main as export_main
+    from training.calibrate import recalibrate
+    from triton_repo.server import ServerConfig, TritonServer
+
+    centre_only = load_detector(trained / CHECKPOINT_DIR)
+    val = RealFakeDataset(small_dataset, "validation", image_size=64)
+    with torch.no_grad():
+        probs = torch.sigmoid(centre_only(torch.stack([val[i][0] for i in range(len(val))]))).numpy()
+    reals, fakes = np.flatnonzero(val.labels == 0), np.flatnonzero(val.labels == 1)
+    centre = int(reals[np.argmin(probs[reals])])  # the most real-looking real tile in the middle
+    ring = [int(i) for i in fakes[np.argsort(probs[fakes])[::-1][:8]]]  # the most fake-looking fakes around it
+    tiles = [center_crop_or_pad(decode_image(val.samples[i].path.read_bytes()), (64, 64)) for i in ring]
+    tiles.insert(4, center_crop_or_pad(decode_image(val.samples[centre].path.read_bytes()), (64, 64)))
+    collage = _png(np.concatenate([np.concatenate(tiles[r * 3:r * 3 + 3], axis=1) for r in range(3)], axis=0))
+
+    nine_dir = recalibrate(trained / CHECKPOINT_DIR, small_dataset, "validation", 0, tmp_path / "nine",
+                           coverage=Coverage(crops=9, top_k=1))
+    nine = load_detector(nine_dir)
+    assert nine.metadata.coverage == Coverage(crops=9, top_k=1)
+
+    def in_process(model) -> float:
+        image = preprocess_image(collage, (64, 64), crops=model.metadata.coverage.crops)
+        with torch.no_grad():
+            return float(torch.sigmoid(model(torch.from_numpy(image)[None]))[0])
+
+    centre_threshold, nine_threshold = centre_only.metadata.threshold.value, nine.metadata.threshold.value
+    assert probs[centre] < centre_threshold and min(probs[ring]) >= nine_threshold, "preconditions of the collage"
+    assert in_process(centre_only) == pytest.approx(float(probs[centre]), abs=1e-5)  # the real tile's score
+    assert in_process(centre_only) < centre_threshold  # missed by the paper's centre crop
+    assert in_process(nine) == pytest.approx(float(max(probs[ring])), abs=1e-5)  # the worst window's score
+    assert in_process(nine) >= nine_threshold  # caught
+
+    repository = tmp_path / "repository"
+    assert export_main(["repo", "--checkpoint", str(nine_dir), "--target", "cpu", "--out", str(repository)]) == 0
+    server = TritonServer(ServerConfig(model_repository=repository))
+    server.start()
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        request = grpcclient.InferInput(IMAGE_BYTES, [1, 1], "BYTES")
+        request.set_data_from_numpy(np.array([[collage]], dtype=object))
+        result = client.infer(ENSEMBLE, [request])
+        assert float(result.as_numpy(PROB_FAKE)[0, 0]) == pytest.approx(in_process(nine), abs=1e-4)
+        assert bool(result.as_numpy(IS_FAKE)[0, 0])
+        config = client.get_model_config(ENSEMBLE, as_json=True)["config"]["parameters"]
+        assert config["crops"]["string_value"] == "9" and config["crops_top_k"]["string_value"] == "1"
+    finally:
+        server.stop()

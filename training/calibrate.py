@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from core.metadata import Threshold
+from core.metadata import Coverage, Threshold
 from training.calibration import false_positive_rate, threshold_at_fpr
-from training.checkpoint import load_detector, save_checkpoint
+from training.checkpoint import load_detector, save_checkpoint, with_coverage, with_masks
 from training.data import RealFakeDataset, resolve_split
-from training.evaluate import predict, with_masks
+from training.evaluate import parse_coverage, predict
 from training.model import Detector
 from training.train import resolve_device
 
@@ -41,7 +41,8 @@ METHOD = "fpr_on_validation_real"
 def calibrate(model: Detector, real_dir: Path, target_fpr: float, batch_size: int, device: torch.device,
               method: str = METHOD) -> tuple[Threshold, dict[str, Any]]:
     """Threshold at ``target_fpr`` on the real images under ``real_dir``; returns it and a short report."""
-    dataset = RealFakeDataset(real_dir, image_size=model.metadata.input_size, train=False)
+    dataset = RealFakeDataset(real_dir, image_size=model.metadata.input_size, train=False,
+                              crops=model.metadata.coverage.crops)
     reals = [i for i, s in enumerate(dataset.samples) if s.label == 0]
     if not reals:
         raise FileNotFoundError(f"no real images (0_real folders) under {real_dir}")
@@ -54,14 +55,18 @@ def calibrate(model: Detector, real_dir: Path, target_fpr: float, batch_size: in
 
 
 def recalibrate(checkpoint: Path, data: Path, split: str, masks: int, out: Path, target_fpr: float | None = None,
-                batch_size: int = 64, device: str = "auto") -> Path:
-    """The checkpoint with ``masks`` test-time masks and a threshold calibrated for them, written to ``out``."""
+                batch_size: int = 64, device: str = "auto", coverage: Coverage | None = None) -> Path:
+    """The checkpoint with ``masks`` test-time masks (and ``coverage``, when given) and a threshold calibrated for
+    them, written to ``out``."""
     model = load_detector(checkpoint)
     target = target_fpr if target_fpr is not None else (model.metadata.threshold.target_fpr or 0.05)
     variant = with_masks(model, masks) if masks != model.metadata.fft_stage.masks else model
+    if coverage is not None and coverage != variant.metadata.coverage:
+        variant = with_coverage(variant, coverage)
     threshold, report = calibrate(variant, resolve_split(data, split), target, batch_size, resolve_device(device))
     metrics = dict(variant.metadata.metrics or {})
-    metrics["calibration"] = {**report, "test_time_masks": masks}
+    metrics["calibration"] = {**report, "test_time_masks": masks, "crops": variant.metadata.coverage.crops,
+                              "crops_top_k": variant.metadata.coverage.top_k}
     metadata = variant.metadata.with_updates(threshold=threshold, metrics=metrics,
                                              fft_stage=replace(variant.metadata.fft_stage, masks=masks))
     # Written next to the target first, so a failure never leaves a half-written checkpoint at ``out``.
@@ -83,6 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout)")
     parser.add_argument("--split", default="validation", help="split whose 0_real images calibrate")
     parser.add_argument("--masks", type=int, default=0, help="test-time FFT masks K (0: the stage is skipped)")
+    parser.add_argument("--crops", type=parse_coverage, default=None, metavar="C[:TOP_K]",
+                        help="windows per image and the top-k rule (1: the centre; 9: a 3 x 3 grid, max; 9:3: mean "
+                             "of the top 3); default: the checkpoint's own")
     parser.add_argument("--target-fpr", type=float, default=None, help="default: the checkpoint's own target")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size")
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = recalibrate(args.checkpoint, args.data, args.split, args.masks, args.out, args.target_fpr,
-                          args.batch_size, args.device)
+                          args.batch_size, args.device, args.crops)
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from core.metadata import WEIGHTS_FILE, DetectorMetadata
+from core.metadata import WEIGHTS_FILE, Coverage, DetectorMetadata
 from training.fft_stage import FFTImpl
 from training.model import Detector
 
@@ -39,3 +41,22 @@ def load_detector(checkpoint_dir: str | Path, fft_impl: FFTImpl | str = FFTImpl.
     state = load_file(str(weights), device="cpu")
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def with_metadata(model: Detector, **changes: Any) -> Detector:
+    """The same weights under a metadata copy with ``changes`` (test-time settings: masks, coverage), on the same
+    device, in eval mode."""
+    metadata = model.metadata.with_updates(**changes)
+    variant = Detector(metadata, fft_impl=model.fft_stage.impl)
+    variant.load_state_dict(model.state_dict(), strict=True)
+    return variant.to(next(model.parameters()).device).eval()
+
+
+def with_masks(model: Detector, masks: int) -> Detector:
+    """The same weights with ``masks`` fixed test-time FFT masks (the other FFT-stage settings kept)."""
+    return with_metadata(model, fft_stage=replace(model.metadata.fft_stage, masks=masks))
+
+
+def with_coverage(model: Detector, coverage: Coverage) -> Detector:
+    """The same weights scoring the windows of ``coverage`` (``core.metadata.Coverage``)."""
+    return with_metadata(model, coverage=coverage)

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, decode_image
+from core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, crop_windows, decode_image, stack_windows
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,12 @@ class RealFakeDataset(Dataset):
         augment: Augment | None = None,
         generators: tuple[str, ...] | None = None,
         seed: int = 0,
+        crops: int = 1,
     ) -> None:
+        if train and crops != 1:
+            raise ValueError("training takes one window per image: crops must be 1 with train=True")
         self.root = resolve_split(root, split)
+        self.crops = crops
         self.samples = scan_samples(self.root, generators)
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.train = train
@@ -197,7 +201,7 @@ class RealFakeDataset(Dataset):
         return sorted({s.generator for s in self.samples})
 
     def load(self, index: int) -> np.ndarray:
-        """The transformed image ``index`` as HxWx3 uint8."""
+        """The transformed image ``index`` as HxWx3 uint8 (evaluation: the centre window)."""
         img = decode_image(self.samples[index].path.read_bytes())
         if not self.train:
             return center_crop_or_pad(img, self.size)
@@ -208,7 +212,14 @@ class RealFakeDataset(Dataset):
             img = img[:, ::-1]
         return img
 
+    def model_input(self, img: np.ndarray) -> np.ndarray:
+        """A decoded evaluation image -> the detector's (3 * crops, H, W) input (``core.preprocess``'s windows)."""
+        return stack_windows(crop_windows(img, self.size, self.crops))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         sample = self.samples[index]
-        img = np.ascontiguousarray(self.load(index).transpose(2, 0, 1))
+        if self.train:
+            img = np.ascontiguousarray(self.load(index).transpose(2, 0, 1))
+        else:
+            img = self.model_input(decode_image(sample.path.read_bytes()))
         return torch.from_numpy(img), torch.tensor(float(sample.label)), sample.generator

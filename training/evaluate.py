@@ -2,7 +2,8 @@
 
 One process over the whole split (the authors' ``test.py`` ran a ``DistributedSampler`` and wrote the metrics of
 rank 0 only, i.e. of one shard). Test protocol: decode, no resize, centre crop to the input size with torchvision
-``CenterCrop`` semantics (zero padding when smaller; ``core.preprocess.center_crop_or_pad``), then the model
+``CenterCrop`` semantics (zero padding when smaller; ``core.preprocess.center_crop_or_pad``; or the windows of the
+checkpoint's multi-crop coverage, ``core.preprocess.crop_windows``, aggregated inside the model), then the model
 (``x / 255``, ImageNet normalisation from the checkpoint metadata, FFT stage, backbone). Generators are the folders
 below the split (``testing/<generator>/{0_real,1_fake}`` or ``testing/<generator>/<category>/{0_real,1_fake}``).
 
@@ -23,6 +24,10 @@ Options:
   mean AP, accuracy at 0.5 and at the checkpoint's threshold (calibrated for the checkpoint's own K), and the
   model's cost in ms per image (median of 5 timed forward passes of one batch after a warm-up pass, incl. the
   host-to-device copy, decoding excluded; on a shared CPU the figure moves with the machine's load).
+- ``--crops 1,5,9``: coverage. The checkpoint's weights scoring C windows per image (``core.metadata.Coverage``;
+  ``C:K`` for the mean of the top K window logits, max by default): mean AP, TPR at 5 % FPR, the share of reals
+  called fake at the checkpoint's threshold (calibrated for its own coverage: recalibrate before serving another)
+  and the cost per image, as for ``--masks``.
 - ``--robustness``: the test images are JPEG re-compressed (quality 95..30), downscaled (factor 1.0..0.5,
   bilinear with antialiasing) or Gaussian-blurred (sigma 0..3, PIL) after decoding and before the test transform;
   mean and per-generator AP and calibrated accuracy per level.
@@ -49,7 +54,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -60,13 +65,13 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.metadata import DetectorMetadata
-from core.preprocess import center_crop_or_pad, decode_image
+from core.metadata import Coverage, DetectorMetadata
+from core.preprocess import decode_image
 from core.scoring import sigmoid
 from training import metrics as M
 from training.benchmark.summary import benchmark_summary, load_manifest
 from training.benchmark.summary import markdown as benchmark_markdown
-from training.checkpoint import load_detector
+from training.checkpoint import load_detector, with_coverage, with_masks
 from training.data import RealFakeDataset
 from training.model import Detector
 from training.train import resolve_device
@@ -146,8 +151,7 @@ class EvalImages(Dataset):
         if self.perturbation is None:
             return self.base[index]
         sample = self.base.samples[index]
-        img = self.perturbation(decode_image(sample.path.read_bytes()))
-        img = np.ascontiguousarray(center_crop_or_pad(img, self.base.size).transpose(2, 0, 1))
+        img = self.base.model_input(self.perturbation(decode_image(sample.path.read_bytes())))
         return torch.from_numpy(img), torch.tensor(float(sample.label)), sample.generator
 
 
@@ -177,6 +181,7 @@ class EvalConfig:
     split: str | None = "testing"
     batch_size: int = 64
     masks: tuple[int, ...] = ()
+    coverages: tuple[Coverage, ...] = ()
     robustness: bool = False
     jpeg_qualities: tuple[int, ...] = JPEG_QUALITIES
     scales: tuple[float, ...] = SCALES
@@ -192,6 +197,8 @@ class EvalConfig:
         object.__setattr__(self, "split", self.split or None)
         object.__setattr__(self, "calibration_split", self.calibration_split or None)
         object.__setattr__(self, "masks", tuple(int(k) for k in self.masks))
+        object.__setattr__(self, "coverages", tuple(c if isinstance(c, Coverage) else parse_coverage(str(c))
+                                                    for c in self.coverages))
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch_size must be >= 1 and workers >= 0")
         if any(k < 0 for k in self.masks):
@@ -206,7 +213,17 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["coverages"] = [f"{c.crops}:{c.top_k}" for c in self.coverages]
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def parse_coverage(text: str) -> Coverage:
+    """``"9"`` -> 9 windows, max; ``"9:3"`` -> 9 windows, mean of the top 3 (``core.metadata.Coverage``)."""
+    crops, _, top_k = text.partition(":")
+    try:
+        return Coverage(crops=int(crops), top_k=int(top_k) if top_k else 1)
+    except ValueError as exc:
+        raise ValueError(f"--crops takes CROPS or CROPS:TOP_K, e.g. 1,5,9,9:3; {text!r}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------- inference
@@ -240,14 +257,6 @@ def summarise(pred: Predictions, threshold: float) -> dict[str, Any]:
     """``{"generators": {...}, "mean": {...}}`` of ``training.metrics.per_generator``."""
     table, mean = M.per_generator(pred.probs, pred.labels, pred.generators, threshold)
     return {"generators": table, "mean": mean}
-
-
-def with_masks(model: Detector, masks: int) -> Detector:
-    """The same weights with ``masks`` fixed test-time FFT masks (the other FFT-stage settings kept)."""
-    metadata = model.metadata.with_updates(fft_stage=replace(model.metadata.fft_stage, masks=masks))
-    variant = Detector(metadata, fft_impl=model.fft_stage.impl)
-    variant.load_state_dict(model.state_dict(), strict=True)
-    return variant.to(next(model.parameters()).device).eval()
 
 
 @torch.no_grad()
@@ -290,6 +299,34 @@ def masking_sweep(model: Detector, dataset: RealFakeDataset, counts: tuple[int, 
     return rows
 
 
+def coverage_sweep(model: Detector, config: EvalConfig, threshold: float,
+                   device: torch.device) -> list[dict[str, Any]]:
+    """Per coverage of ``config.coverages``: AP, accuracies, the share of reals called fake at the checkpoint's
+    threshold (calibrated for its own coverage) and the model's cost per image (all windows)."""
+    rows = []
+    size = model.metadata.input_size
+    for coverage in config.coverages:
+        dataset = RealFakeDataset(config.data, config.split, size, train=False, crops=coverage.crops)
+        variant = with_coverage(model, coverage)
+        pred = predict(variant, dataset, config.batch_size, device, config.workers,
+                       desc=f"crops={coverage.crops} top {coverage.top_k}")
+        mean = summarise(pred, threshold)["mean"]
+        timing_batch = torch.stack([dataset[i][0] for i in range(min(config.batch_size, len(dataset)))])
+        cost = model_cost_ms(variant, timing_batch, device)
+        reals = pred.labels == 0
+        rows.append({"crops": coverage.crops, "top_k": coverage.top_k, "ap": mean["ap"], "auc": mean["auc"],
+                     "acc_calibrated": mean["acc_calibrated"], "tpr_at_fpr_5": mean["tpr_at_fpr_5"],
+                     "real_fpr_at_threshold": float(np.mean(pred.probs[reals] >= threshold)) if reals.any() else None,
+                     "generators": {g: m["ap"] for g, m in summarise(pred, threshold)["generators"].items()},
+                     "ms_per_image": cost, "timing_batch": timing_batch.shape[0]})
+        logger.info("crops=%d top %d: AP %.4f, TPR@5%%FPR %.4f, %.2f ms/image", coverage.crops, coverage.top_k,
+                    mean["ap"], mean["tpr_at_fpr_5"], cost)
+    base = next((r["ms_per_image"] for r in rows if r["crops"] == 1), None)
+    for row in rows:
+        row["relative_cost"] = row["ms_per_image"] / base if base else None
+    return rows
+
+
 def robustness_sweep(model: Detector, dataset: RealFakeDataset, config: EvalConfig, threshold: float,
                      device: torch.device, clean: Predictions) -> dict[str, list[dict[str, Any]]]:
     """Per degradation and level: mean and per-generator AP and calibrated accuracy."""
@@ -316,7 +353,8 @@ def temperature_calibration(model: Detector, config: EvalConfig, device: torch.d
                             metadata: DetectorMetadata) -> dict[str, Any]:
     """Fit a temperature on ``config.calibration_split``; ECE/NLL before and after on it and on the test split."""
     assert config.calibration_split is not None
-    dataset = RealFakeDataset(config.data, config.calibration_split, metadata.input_size, train=False)
+    dataset = RealFakeDataset(config.data, config.calibration_split, metadata.input_size, train=False,
+                              crops=metadata.coverage.crops)
     val = predict(model, dataset, config.batch_size, device, config.workers, desc=config.calibration_split)
     temperature = M.fit_temperature(val.logits, val.labels)
 
@@ -391,6 +429,14 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
             rel = "n/a" if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
             lines.append(f"| {r['masks']} | {_pct(r['ap'])} | {_pct(r['auc'])} | {_pct(r['acc'])} | "
                          f"{_pct(r['acc_calibrated'])} | {r['ms_per_image']:.3f} | {rel} |")
+    if "coverage" in report:
+        lines += ["", "## Coverage (windows per image)", "",
+                  "| crops | top k | AP | TPR@5%FPR | reals called fake at thr | ms / image | relative cost |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in report["coverage"]:
+            rel = "n/a" if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
+            lines.append(f"| {r['crops']} | {r['top_k']} | {_pct(r['ap'])} | {_pct(r['tpr_at_fpr_5'])} | "
+                         f"{_pct(r['real_fpr_at_threshold'])} | {r['ms_per_image']:.3f} | {rel} |")
     if "robustness" in report:
         lines += ["", "## Robustness (mean over generators)", "", "| degradation | level | AP | acc@thr |",
                   "| --- | ---: | ---: | ---: |"]
@@ -494,7 +540,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             k: v for k, v in metadata.to_dict().items() if k not in ("training", "metrics")}},
         indent=2) + "\n")
     threshold = float(metadata.threshold.value)
-    dataset = RealFakeDataset(config.data, config.split, metadata.input_size, train=False)
+    dataset = RealFakeDataset(config.data, config.split, metadata.input_size, train=False,
+                              crops=metadata.coverage.crops)
     logger.info("evaluating %s (%s, input %s, %d test-time masks) on %s: %d images, generators %s",
                 config.checkpoint, metadata.backbone, metadata.input_size, metadata.fft_stage.masks, dataset.root,
                 len(dataset), ", ".join(dataset.generators))
@@ -520,6 +567,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                                                 summary["generators"], manifest)
     if config.masks:
         report["test_time_masking"] = masking_sweep(model, dataset, config.masks, config, threshold, device)
+    if config.coverages:
+        report["coverage"] = coverage_sweep(model, config, threshold, device)
     if config.robustness:
         report["robustness"] = robustness_sweep(model, dataset, config, threshold, device, pred)
     if config.calibration_split:
@@ -561,6 +610,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="batch size")
     parser.add_argument("--masks", nargs="+", default=[], metavar="K",
                         help="test-time masking sweep: mask counts, e.g. '0,1,4,8' or '0 1 4 8'")
+    parser.add_argument("--crops", nargs="+", default=[], metavar="C[:TOP_K]",
+                        help="coverage sweep: windows per image and the top-k rule, e.g. '1,5,9' (max) or '9:3'")
     parser.add_argument("--robustness", action="store_true",
                         help="sweep JPEG quality, downscaling and Gaussian blur of the test images")
     parser.add_argument("--jpeg-qualities", nargs="+", default=[",".join(map(str, JPEG_QUALITIES))],
@@ -580,7 +631,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         checkpoint=args.checkpoint, data=args.data, out=args.out, split=args.split, batch_size=args.batch_size,
-        masks=_numbers(int, args.masks), robustness=args.robustness,
+        masks=_numbers(int, args.masks), coverages=_numbers(parse_coverage, args.crops), robustness=args.robustness,
         jpeg_qualities=_numbers(int, args.jpeg_qualities), scales=_numbers(float, args.scales),
         blur_sigmas=_numbers(float, args.blur_sigmas), calibration_split=args.calibration_split,
         plots=not args.no_plots, workers=args.workers, device=args.device,

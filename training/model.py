@@ -1,7 +1,9 @@
 """The detector: normalise -> FFT stage -> backbone -> one logit.
 
-Input is the uint8 (or 0..255 float) image batch (B, 3, H, W) that ``core.preprocess`` produces; normalisation
-constants come from the checkpoint metadata and live in the graph, so every runtime gets them for free.
+Input is the uint8 (or 0..255 float) image batch (B, 3 * crops, H, W) that ``core.preprocess`` produces (crops = 1,
+the centre window, unless the metadata's coverage asks for more); normalisation constants come from the checkpoint
+metadata and live in the graph, so every runtime gets them for free. With several windows, each is scored alone
+and :func:`aggregate_windows` turns their logits into the image's, inside the graph.
 """
 
 from __future__ import annotations
@@ -66,6 +68,18 @@ def build_backbone(name: Backbone | str, pretrained: bool = False, weights_path:
     return model
 
 
+def aggregate_windows(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """(B, crops) window logits -> (B,) image logits: the mean of the ``top_k`` highest (``core.metadata.Coverage``)."""
+    crops = logits.shape[1]
+    if crops == 1:
+        return logits[:, 0]
+    if top_k == 1:
+        return logits.amax(dim=1)
+    if top_k == crops:
+        return logits.mean(dim=1)
+    return torch.topk(logits, top_k, dim=1).values.mean(dim=1)
+
+
 class Detector(nn.Module):
     """Binary real/fake classifier: ``forward(images) -> logits (B,)``."""
 
@@ -93,18 +107,19 @@ class Detector(nn.Module):
         return images.to(dtype) * self.scale + self.shift
 
     def forward(self, images: torch.Tensor, train_masks: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B,) for a (B, 3, H, W) batch of 0..255 pixels.
+        """Logits (B,) for a (B, 3 * crops, H, W) batch of 0..255 pixels.
 
         Args:
             train_masks: one frequency mask per sample (B, C|1, H, W) for training-time masking; replaces the
-                fixed inference masks.
+                fixed inference masks. Training sees single windows: images are (B, 3, H, W).
         """
-        x = self.normalise(images)
         if train_masks is not None:
-            return self.backbone(masked_fft_torch(x, train_masks)).reshape(-1)
+            return self.backbone(masked_fft_torch(self.normalise(images), train_masks)).reshape(-1)
+        coverage = self.metadata.coverage
+        x = self.normalise(images.reshape(-1, 3, *images.shape[2:]))  # one row per window
         views = self.fft_stage.views
-        logits = self.backbone(self.fft_stage(x))
-        return logits.reshape(-1, views).mean(dim=1)
+        logits = self.backbone(self.fft_stage(x)).reshape(-1, views).mean(dim=1)
+        return aggregate_windows(logits.reshape(-1, coverage.crops), coverage.top_k)
 
 
 class ServingHead(nn.Module):

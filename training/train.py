@@ -91,9 +91,9 @@ class TrainConfig:
     data: Path
     out: Path
     backbone: Backbone = Backbone.EFFICIENTNET_LITE0
-    pretrained: bool = False
+    pretrained: bool = True
     weights_path: Path | None = None
-    image_size: int = 64
+    image_size: int = 128
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
@@ -135,6 +135,9 @@ class TrainConfig:
         object.__setattr__(self, "mask_domain", MaskDomain(self.mask_domain))
         if self.weights_path is not None:
             object.__setattr__(self, "weights_path", Path(self.weights_path))
+        if self.pretrained and self.backbone is Backbone.RESNET50 and self.weights_path is None:
+            raise ValueError("no ResNet-50 ImageNet weights ship offline: pass --weights-path FILE (e.g. torchvision's "
+                             "resnet50 weights) or --no-pretrained")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         for name in ("max_steps", "epoch_steps"):
@@ -761,10 +764,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and train from scratch")
     parser.add_argument("--backbone", default=Backbone.EFFICIENTNET_LITE0.value, choices=_choices(Backbone),
                         help="classifier backbone")
-    parser.add_argument("--pretrained", action="store_true",
-                        help="start from ImageNet weights that ship offline (efficientnet_lite0)")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="start from ImageNet weights (efficientnet_lite0's ship offline; ResNet-50 needs a "
+                             "local weights file)")
     parser.add_argument("--weights-path", type=Path, default=None, help="local ImageNet weights for the backbone")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (square) in pixels")
+    parser.add_argument("--image-size", type=int, default=128, help="input size (square) in pixels")
     parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per process")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate per process (x world size)")

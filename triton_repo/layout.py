@@ -116,8 +116,9 @@ def artifact_fft_impl(artifact: str | Path) -> str | None:
 
 
 def views(metadata: DetectorMetadata) -> int:
-    """K, the number of masked views per image (1 when the FFT stage is skipped)."""
-    return metadata.fft_stage.views
+    """The masked views per image that the gpu-cupy target's ``fft_stage`` hands the detector: K per window (1 when
+    the FFT stage is skipped) times the coverage's windows."""
+    return metadata.coverage.crops * metadata.fft_stage.views
 
 
 def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_name: str, digest: str) -> str:
@@ -134,6 +135,7 @@ def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_nam
         "detector_sha256": digest, "detector_artifact": artifact_name, "threshold": f"{metadata.threshold.value:.6g}",
         "threshold_method": metadata.threshold.method, "backbone": metadata.backbone,
         "input_size": "x".join(map(str, metadata.input_size)), "test_time_masks": str(metadata.fft_stage.masks),
+        "crops": str(metadata.coverage.crops), "crops_top_k": str(metadata.coverage.top_k),
         "target": target.value, "fmdetect_version": software,
     }
     lines = ["", "# Which detector this ensemble serves (written by triton_repo.layout.write_repository)."]
@@ -149,7 +151,8 @@ def render_config(model: str, target: Target | str, metadata: DetectorMetadata) 
     if path is None:
         raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
     height, width = metadata.input_size
-    return Template(path.read_text()).substitute(HEIGHT=height, WIDTH=width, VIEWS=views(metadata))
+    return Template(path.read_text()).substitute(HEIGHT=height, WIDTH=width, VIEWS=views(metadata),
+                                                 CHANNELS=metadata.coverage.channels)
 
 
 def write_repository(
@@ -213,7 +216,8 @@ def _check_engine_shape(plan: Path, target: Target, metadata: DetectorMetadata) 
         return
     ((name, shapes),) = profile.items()
     height, width = metadata.input_size
-    expected = [views(metadata), 3, height, width] if target is Target.GPU_CUPY else [3, height, width]
+    channels = metadata.coverage.channels
+    expected = [views(metadata), 3, height, width] if target is Target.GPU_CUPY else [channels, height, width]
     got = list(shapes.get("opt", []))[1:]
     if got and got != expected:
         raise ValueError(f"engine {plan} takes {name} (B, {', '.join(map(str, got))}) but the {target.value} "

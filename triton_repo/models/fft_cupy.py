@@ -28,7 +28,8 @@ from core.names import MASKED as OUTPUT
 
 
 class MaskedViews:
-    """The stage's math, without Triton: uint8 (B, 3, H, W) GPU array -> (B, K, 3, H, W) GPU array."""
+    """The stage's math, without Triton: uint8 (B, 3 * crops, H, W) GPU array -> (B, crops * K, 3, H, W) GPU array,
+    window-major (``export.onnx_export.masked_views`` is its numpy reference)."""
 
     def __init__(self, metadata: DetectorMetadata, device_id: int = 0, out_dtype: str = "float32") -> None:
         height, width = metadata.input_size
@@ -40,15 +41,16 @@ class MaskedViews:
             # (x / 255 - mean) / std == x * scale + shift, as in training.model.Detector.normalise
             self.scale = (1.0 / (255.0 * std)).astype(cp.float32)
             self.shift = (-mean / std).astype(cp.float32)
-        self.shape = (3, height, width)
-        self.views = metadata.fft_stage.views
+        self.shape = (metadata.coverage.channels, height, width)
+        self.views = metadata.coverage.crops * metadata.fft_stage.views
         self.out_dtype = np.dtype(out_dtype)
 
     def __call__(self, images):
         cp = self.cp
         with self.stage.device:
-            x = images.astype(cp.float32) * self.scale + self.shift
-            out = self.stage(x)
+            batch, _, height, width = images.shape
+            x = images.reshape(-1, 3, height, width).astype(cp.float32) * self.scale + self.shift
+            out = self.stage(x).reshape(batch, -1, 3, height, width)
             if out.dtype != self.out_dtype:
                 out = out.astype(self.out_dtype)
             return cp.ascontiguousarray(out)
@@ -69,7 +71,7 @@ class TritonPythonModel:
         self.cp = self.math.cp
         pb_utils.Logger.log_info(
             f"fft_stage ready on GPU {device_id}: IMAGE uint8 (B, {', '.join(map(str, self.math.shape))}) -> "
-            f"{OUTPUT} {self.math.out_dtype.name} (B, {self.math.views}, {', '.join(map(str, self.math.shape))})"
+            f"{OUTPUT} {self.math.out_dtype.name} (B, {self.math.views}, 3, {', '.join(map(str, self.math.shape[1:]))})"
         )
 
     def _input(self, request):

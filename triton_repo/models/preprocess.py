@@ -81,15 +81,17 @@ class TritonPythonModel:
                          for reason in REJECTION_REASONS}
         reader = region_reader()
         jpeg = f"centre regions read with {reader.path}" if reader is not None else "decoded whole (no libturbojpeg)"
-        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, limits {self.limits}, "
-                             f"JPEGs {jpeg}")
+        coverage = self.metadata.coverage
+        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, {coverage.crops} window(s) "
+                             f"per image (top {coverage.top_k}), limits {self.limits}, JPEGs {jpeg}")
 
     def _decode(self, request):
         payload = pb_utils.get_input_tensor_by_name(request, IMAGE_BYTES).as_numpy().reshape(-1)
         images = []
         for index, item in enumerate(payload):
             try:
-                images.append(preprocess_image(bytes(item), self.metadata.input_size, self.limits))
+                images.append(preprocess_image(bytes(item), self.metadata.input_size, self.limits,
+                                              self.metadata.coverage.crops))
             except ImageDecodeError as exc:
                 where = f"image {index} of {len(payload)}: " if len(payload) > 1 else ""
                 raise ImageDecodeError(f"{where}{exc}", exc.reason) from None
