@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Serve the demo's CPU repository (HTTP_PORT, GRPC_PORT, METRICS_PORT; default 8000/8001/8002, 127.0.0.1).

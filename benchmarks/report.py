@@ -24,8 +24,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-CSV_FIELDS = ["backend", "protocol", "concurrency", "request_rate", "batch_size", "throughput_ips",
-              "throughput_rps", "avg", "p50", "p90", "p95", "p99", "samples", "errors", "windows", "stable"]
+CSV_FIELDS = [
+    "backend",
+    "protocol",
+    "concurrency",
+    "request_rate",
+    "batch_size",
+    "throughput_ips",
+    "throughput_rps",
+    "avg",
+    "p50",
+    "p90",
+    "p95",
+    "p99",
+    "samples",
+    "errors",
+    "windows",
+    "stable",
+]
 
 
 @dataclass
@@ -51,8 +67,10 @@ class RunRecord:
 
 
 def format_table(runs: list[RunRecord]) -> str:
-    head = (f"{'backend':<12} {'protocol':<9} {'conc':>4} {'rate':>6} {'batch':>5} {'img/s':>8} {'avg ms':>8} "
-            f"{'p50':>7} {'p90':>7} {'p95':>7} {'p99':>7} {'n':>6} {'err':>4} {'stable':>6}")
+    head = (
+        f"{'backend':<12} {'protocol':<9} {'conc':>4} {'rate':>6} {'batch':>5} {'img/s':>8} {'avg ms':>8} "
+        f"{'p50':>7} {'p90':>7} {'p95':>7} {'p99':>7} {'n':>6} {'err':>4} {'stable':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in runs:
         lat = r.latency_ms
@@ -61,7 +79,8 @@ def format_table(runs: list[RunRecord]) -> str:
         lines.append(
             f"{r.backend:<12} {r.protocol:<9} {conc:>4} {rate:>6} {r.batch_size:>5} {r.throughput_ips:8.1f} "
             f"{lat['avg']:8.2f} {lat['p50']:7.2f} {lat['p90']:7.2f} {lat['p95']:7.2f} {lat['p99']:7.2f} "
-            f"{r.samples:>6} {r.errors:>4} {'yes' if r.stable else 'no':>6}")
+            f"{r.samples:>6} {r.errors:>4} {'yes' if r.stable else 'no':>6}"
+        )
     return "\n".join(lines)
 
 
@@ -77,7 +96,8 @@ def format_server_breakdown(runs: list[RunRecord]) -> str:
             lines.append(
                 f"  {model:<18} batch {s['avg_batch']:5.1f}  queue {s['queue_us']:9.0f} us  input "
                 f"{s['compute_input_us']:7.0f} us  infer {s['compute_infer_us']:9.0f} us  output "
-                f"{s['compute_output_us']:7.0f} us")
+                f"{s['compute_output_us']:7.0f} us"
+            )
     return "\n".join(lines)
 
 

@@ -34,17 +34,27 @@ logger = logging.getLogger(__name__)
 
 def replica_counts(urls: list[str], model: str = MODEL) -> dict[str, dict[str, int]]:
     """Per replica gRPC URL: ``requests`` (successful) and ``inferences`` of ``model``, from its own statistics."""
-    return {url: {"requests": stats.get(model, {}).get("success_count", 0),
-                  "inferences": stats.get(model, {}).get("inference_count", 0)}
-            for url, stats in replica_statistics(urls).items()}
+    return {
+        url: {
+            "requests": stats.get(model, {}).get("success_count", 0),
+            "inferences": stats.get(model, {}).get("inference_count", 0),
+        }
+        for url, stats in replica_statistics(urls).items()
+    }
 
 
 def counts_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {url: {k: v - before.get(url, {}).get(k, 0) for k, v in now.items()} for url, now in after.items()}
 
 
-def settled_delta(urls: list[str], before: dict[str, dict[str, int]], model: str = MODEL, at_least: int = 0,
-                  timeout_s: float = 5.0, interval_s: float = 0.05) -> dict[str, dict[str, int]]:
+def settled_delta(
+    urls: list[str],
+    before: dict[str, dict[str, int]],
+    model: str = MODEL,
+    at_least: int = 0,
+    timeout_s: float = 5.0,
+    interval_s: float = 0.05,
+) -> dict[str, dict[str, int]]:
     """The replicas' counts since ``before``, read once they have settled.
 
     A server records a request's statistics just after it sends the response, so a read made right after the
@@ -75,8 +85,14 @@ class SpreadResult:
         return sum(c["requests"] for c in self.per_replica.values())
 
 
-def spread(balancer_url: str, replica_urls: list[str], payloads: list[bytes], requests: int = 100,
-           concurrency: int = 4, model: str = MODEL) -> SpreadResult:
+def spread(
+    balancer_url: str,
+    replica_urls: list[str],
+    payloads: list[bytes],
+    requests: int = 100,
+    concurrency: int = 4,
+    model: str = MODEL,
+) -> SpreadResult:
     """Send ``requests`` calls through the balancer and count, at each replica, how many it answered."""
     sender = TritonSender(balancer_url, Protocol.GRPC, payloads, model=model)
     before = replica_counts(replica_urls, model)
@@ -106,12 +122,23 @@ class ScalingRow:
     round: int = 0
 
 
-def measure_level(balancer_url: str, replica_urls: list[str], payloads: list[bytes], concurrency: int,
-                  policy: WindowPolicy, replicas: int, server_pids: list[int], model: str = MODEL) -> ScalingRow:
+def measure_level(
+    balancer_url: str,
+    replica_urls: list[str],
+    payloads: list[bytes],
+    concurrency: int,
+    policy: WindowPolicy,
+    replicas: int,
+    server_pids: list[int],
+    model: str = MODEL,
+) -> ScalingRow:
     """One closed-loop level through the balancer, with the machine's and the servers' CPU use over it."""
     sender = TritonSender(balancer_url, Protocol.GRPC, payloads, model=model)
-    before, cpu_before, server_before = replica_counts(replica_urls, model), procfs.machine_cpu_jiffies(), \
-        procfs.tree_cpu_seconds(server_pids)
+    before, cpu_before, server_before = (
+        replica_counts(replica_urls, model),
+        procfs.machine_cpu_jiffies(),
+        procfs.tree_cpu_seconds(server_pids),
+    )
     level = closed_loop_async(sender.start, concurrency, policy)
     server_after, cpu_after = procfs.tree_cpu_seconds(server_pids), procfs.machine_cpu_jiffies()
     delta = settled_delta(replica_urls, before, model)
@@ -119,12 +146,14 @@ def measure_level(balancer_url: str, replica_urls: list[str], payloads: list[byt
     answered = sum(c["requests"] for c in delta.values())
     per_request_ms = (server_after - server_before) / answered * 1e3 if answered else float("nan")
     s = level.samples
-    return ScalingRow(replicas, concurrency, s.throughput_rps, latency_summary_ms(s.latencies), s.errors, busy,
-                      per_request_ms, delta)
+    return ScalingRow(
+        replicas, concurrency, s.throughput_rps, latency_summary_ms(s.latencies), s.errors, busy, per_request_ms, delta
+    )
 
 
-def scaling(cluster, payloads: list[bytes], concurrency: list[int], policy: WindowPolicy, rounds: int = 1,
-            model: str = MODEL) -> list[ScalingRow]:
+def scaling(
+    cluster, payloads: list[bytes], concurrency: list[int], policy: WindowPolicy, rounds: int = 1, model: str = MODEL
+) -> list[ScalingRow]:
     """The same load through ``cluster``'s balancer with 1 replica in the pool, then all of them.
 
     Args:
@@ -153,23 +182,27 @@ def scaling(cluster, payloads: list[bytes], concurrency: list[int], policy: Wind
 
 
 def format_spread(result: SpreadResult) -> str:
-    lines = [f"{result.sent} calls through the balancer, {result.errors} failed; answered per replica "
-             f"(its own statistics):"]
+    lines = [
+        f"{result.sent} calls through the balancer, {result.errors} failed; answered per replica (its own statistics):"
+    ]
     for url, counts in result.per_replica.items():
         share = counts["requests"] / result.answered if result.answered else 0.0
-        lines.append(f"  {url:<22} {counts['requests']:6d} requests {counts['inferences']:6d} inferences "
-                     f"({share:.0%})")
+        lines.append(f"  {url:<22} {counts['requests']:6d} requests {counts['inferences']:6d} inferences ({share:.0%})")
     return "\n".join(lines)
 
 
 def format_scaling(rows: list[ScalingRow]) -> str:
-    lines = [f"{'round':>5} {'replicas':>8} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-             f"{'CPU busy':>8} {'server CPU ms/req':>17}  requests per replica"]
+    lines = [
+        f"{'round':>5} {'replicas':>8} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'CPU busy':>8} {'server CPU ms/req':>17}  requests per replica"
+    ]
     for r in rows:
         shares = ", ".join(f"{url} {c['requests']}" for url, c in r.per_replica.items())
-        lines.append(f"{r.round:>5} {r.replicas:>8} {r.concurrency:>5} {r.throughput_rps:8.1f} "
-                     f"{r.latency_ms['p50']:8.1f} {r.latency_ms['p99']:8.1f} {r.errors:>6} {r.cpu_busy:8.0%} "
-                     f"{r.server_cpu_ms_per_request:17.1f}  {shares}")
+        lines.append(
+            f"{r.round:>5} {r.replicas:>8} {r.concurrency:>5} {r.throughput_rps:8.1f} "
+            f"{r.latency_ms['p50']:8.1f} {r.latency_ms['p99']:8.1f} {r.errors:>6} {r.cpu_busy:8.0%} "
+            f"{r.server_cpu_ms_per_request:17.1f}  {shares}"
+        )
     by_level: dict[int, dict[int, list[ScalingRow]]] = {}
     for r in rows:
         by_level.setdefault(r.concurrency, {}).setdefault(r.replicas, []).append(r)
@@ -180,21 +213,29 @@ def format_scaling(rows: list[ScalingRow]) -> str:
         rate = {k: statistics.median(r.throughput_rps for r in v) for k, v in by_count.items()}
         cpu = {k: statistics.median(r.server_cpu_ms_per_request for r in v) for k, v in by_count.items()}
         if rate[1] > 0:
-            lines.append(f"concurrency {level}: {n} replicas / 1 replica = {rate[n] / rate[1]:.2f}x throughput, "
-                         f"{cpu[n] / cpu[1]:.2f}x server CPU per request (medians of {len(by_count[1])} round(s))")
+            lines.append(
+                f"concurrency {level}: {n} replicas / 1 replica = {rate[n] / rate[1]:.2f}x throughput, "
+                f"{cpu[n] / cpu[1]:.2f}x server CPU per request (medians of {len(by_count[1])} round(s))"
+            )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-repository", type=Path, default=None,
-                   help="start a local cluster of this repository and compare 1 vs N replicas")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="start a local cluster of this repository and compare 1 vs N replicas",
+    )
     p.add_argument("--replicas", type=int, default=2, help="replicas of the cluster started here")
     p.add_argument("--url", default=None, help="an existing balancer's gRPC host:port (spread only)")
-    p.add_argument("--replica-urls", default="",
-                   help="the existing cluster's replicas, gRPC host:port, comma-separated")
+    p.add_argument(
+        "--replica-urls", default="", help="the existing cluster's replicas, gRPC host:port, comma-separated"
+    )
     p.add_argument("--requests", type=int, default=200, help="calls sent for the spread count")
     p.add_argument("--concurrency", default="4", help="closed-loop levels of the 1-vs-N comparison, comma-separated")
     p.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
@@ -220,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         from triton_repo.server import free_port
 
         try:
-            cluster = Cluster(ClusterConfig(model_repository=args.model_repository, replicas=args.replicas,
-                                            port=free_port()))
+            cluster = Cluster(
+                ClusterConfig(model_repository=args.model_repository, replicas=args.replicas, port=free_port())
+            )
             cluster.start()
         except ClusterError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -234,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()[0]
             rows = scaling(cluster, payloads, levels, policy, rounds=args.rounds)
             print("\n" + format_scaling(rows), flush=True)
-            print(f"machine: {os.cpu_count()} cores; 1-minute load average {load_before:.1f} before the comparison, "
-                  f"{os.getloadavg()[0]:.1f} after (other work on the machine competes with the replicas)")
+            print(
+                f"machine: {os.cpu_count()} cores; 1-minute load average {load_before:.1f} before the comparison, "
+                f"{os.getloadavg()[0]:.1f} after (other work on the machine competes with the replicas)"
+            )
             report.update(load_average=[load_before, os.getloadavg()[0]])
             report.update(network=cluster.network_note, spread=asdict(result), scaling=[asdict(r) for r in rows])
         finally:

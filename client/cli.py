@@ -120,8 +120,13 @@ def format_result(path: str, outcome: Prediction | str, as_json: bool, served: d
     detector answered (model, detector_sha256, threshold), added to every JSON row so a score can be traced."""
     if as_json:
         if isinstance(outcome, Prediction):
-            record: dict[str, object] = {"path": path, "prob_fake": outcome.prob_fake, "is_fake": outcome.is_fake,
-                                         "logit": outcome.logit, **(served or {})}
+            record: dict[str, object] = {
+                "path": path,
+                "prob_fake": outcome.prob_fake,
+                "is_fake": outcome.is_fake,
+                "logit": outcome.logit,
+                **(served or {}),
+            }
         else:
             record = {"path": path, "error": outcome, **(served or {})}
         return json.dumps(record, ensure_ascii=False)
@@ -143,8 +148,11 @@ def served_fields(detector: DetectorClient) -> dict[str, object]:
         logging.getLogger(__name__).warning("cannot read the served detector's identity: %s", exc.message)
         served = {}
     threshold = served.get("threshold")
-    return {"model": detector.config.model_name, "detector_sha256": served.get("detector_sha256"),
-            "threshold": float(threshold) if threshold else None}
+    return {
+        "model": detector.config.model_name,
+        "detector_sha256": served.get("detector_sha256"),
+        "threshold": float(threshold) if threshold else None,
+    }
 
 
 def classify_inputs(detector: DetectorClient, inputs: Sequence[InputFile], as_json: bool, out: TextIO) -> int:
@@ -209,29 +217,46 @@ def get_args_parser() -> argparse.ArgumentParser:
         "1: some failed; 2: server unreachable or model not ready.",
     )
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image files, or directories to walk recursively")
-    classify.add_argument("--url", default=defaults.url,
-                          help="gRPC endpoint: HOST, HOST:PORT or grpc://HOST:PORT; port 8001 unless given "
-                               "(default: %(default)s)")
+    classify.add_argument(
+        "--url",
+        default=defaults.url,
+        help="gRPC endpoint: HOST, HOST:PORT or grpc://HOST:PORT; port 8001 unless given (default: %(default)s)",
+    )
     classify.add_argument("--model", default=defaults.model_name, help="served model name (default: %(default)s)")
     classify.add_argument(
-        "--timeout", type=_positive_float, default=defaults.timeout_s, metavar="S",
+        "--timeout",
+        type=_positive_float,
+        default=defaults.timeout_s,
+        metavar="S",
         help="limit of each request, seconds (default: %(default)s)",
     )
     classify.add_argument(
-        "--wait", type=_non_negative_float, default=0.0, metavar="S",
+        "--wait",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
         help="wait up to S seconds for the server and model to become ready (default: check once)",
     )
     classify.add_argument(
-        "--concurrency", type=_positive_int, default=defaults.max_in_flight, metavar="N",
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.max_in_flight,
+        metavar="N",
         help="requests in flight at once (default: %(default)s)",
     )
     classify.add_argument(
-        "--batch-size", type=_positive_int, default=defaults.batch_size, metavar="N",
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.batch_size,
+        metavar="N",
         help="images per request, at most 64; a request holding a bad image is retried image by image "
-             "(default: %(default)s)",
+        "(default: %(default)s)",
     )
     classify.add_argument(
-        "--retries", type=_non_negative_int, default=defaults.retries, metavar="N",
+        "--retries",
+        type=_non_negative_int,
+        default=defaults.retries,
+        metavar="N",
         help="retries of a request the server answers UNAVAILABLE (default: %(default)s)",
     )
     classify.add_argument("--json", action="store_true", help="one JSON object per line instead of text")

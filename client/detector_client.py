@@ -148,14 +148,13 @@ class ClientConfig:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0:
-            raise ValueError(
-                f"backoff times must be >= 0, got base {self.backoff_base_s} and max {self.backoff_max_s}"
-            )
+            raise ValueError(f"backoff times must be >= 0, got base {self.backoff_base_s} and max {self.backoff_max_s}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be in 1..{MAX_BATCH} (the server's max_batch_size), "
-                             f"got {self.batch_size}")
+            raise ValueError(
+                f"batch_size must be in 1..{MAX_BATCH} (the server's max_batch_size), got {self.batch_size}"
+            )
         tls_files = (self.root_certificates, self.private_key, self.certificate_chain)
         if not self.ssl and any(path is not None for path in tls_files):
             raise ValueError("root_certificates, private_key and certificate_chain need ssl=True")
@@ -190,9 +189,11 @@ def normalize_url(url: str) -> str:
     scheme, sep, rest = text.partition("://")
     if sep:
         if scheme.lower() in ("http", "https"):
-            raise ValueError(f"{url!r} is an HTTP URL, but this client speaks gRPC: give host:port of Triton's gRPC "
-                             f"endpoint (default port {DEFAULT_GRPC_PORT}; 8000 is its HTTP port), e.g. "
-                             f"{rest.split('/')[0].rsplit(':', 1)[0]}:{DEFAULT_GRPC_PORT}")
+            raise ValueError(
+                f"{url!r} is an HTTP URL, but this client speaks gRPC: give host:port of Triton's gRPC "
+                f"endpoint (default port {DEFAULT_GRPC_PORT}; 8000 is its HTTP port), e.g. "
+                f"{rest.split('/')[0].rsplit(':', 1)[0]}:{DEFAULT_GRPC_PORT}"
+            )
         if scheme.lower() != "grpc":
             raise ValueError(f"{url!r}: unknown scheme {scheme!r}; give host:port or grpc://host:port")
         text = rest
@@ -348,11 +349,19 @@ def _parse_results(result: Any, count: int) -> list[Prediction]:
     for name in OUTPUT_NAMES:
         array = result.as_numpy(name)
         if array is None or array.size != count:
-            raise InferenceError(f"the server's response has {0 if array is None else array.size} rows of output "
-                                 f"{name}, expected {count}")
+            raise InferenceError(
+                f"the server's response has {0 if array is None else array.size} rows of output "
+                f"{name}, expected {count}"
+            )
         values[name] = array.reshape(-1)
-    return [Prediction(prob_fake=float(values[OUTPUT_PROB][i]), is_fake=bool(values[OUTPUT_IS_FAKE][i]),
-                       logit=float(values[OUTPUT_LOGIT][i])) for i in range(count)]
+    return [
+        Prediction(
+            prob_fake=float(values[OUTPUT_PROB][i]),
+            is_fake=bool(values[OUTPUT_IS_FAKE][i]),
+            logit=float(values[OUTPUT_LOGIT][i]),
+        )
+        for i in range(count)
+    ]
 
 
 def _batches(payloads: list[bytes], size: int) -> list[list[bytes]]:
@@ -379,9 +388,7 @@ def _server_error(config: ClientConfig, error: DetectorClientError) -> DetectorC
             error.status,
         )
     if isinstance(error, (ServerUnavailableError, RequestTimeoutError)):
-        return ServerUnavailableError(
-            f"cannot reach the Triton server at {config.url}: {error.message}", error.status
-        )
+        return ServerUnavailableError(f"cannot reach the Triton server at {config.url}: {error.message}", error.status)
     return error
 
 
@@ -470,8 +477,9 @@ class DetectorClient:
         """
         self._check_open()
         try:
-            config = self._client.get_model_config(self._config.model_name, as_json=True,
-                                                   client_timeout=self._config.timeout_s)
+            config = self._client.get_model_config(
+                self._config.model_name, as_json=True, client_timeout=self._config.timeout_s
+            )
         except InferenceServerException as exc:
             raise error_from_triton(exc) from None
         parameters = config.get("config", config).get("parameters", {})

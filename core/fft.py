@@ -66,9 +66,9 @@ def inference_masks(cfg: FFTStageConfig, height: int, width: int) -> np.ndarray 
         return None
     rng = np.random.default_rng(cfg.seed)
     channels = 3 if cfg.per_channel else 1
-    return np.stack(
-        [random_mask(rng, height, width, cfg.band, cfg.ratio, channels) for _ in range(cfg.masks)]
-    ).astype(np.float32)
+    return np.stack([random_mask(rng, height, width, cfg.band, cfg.ratio, channels) for _ in range(cfg.masks)]).astype(
+        np.float32
+    )
 
 
 def apply_fft_stage(x: np.ndarray, masks: np.ndarray | None) -> np.ndarray:

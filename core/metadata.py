@@ -85,8 +85,9 @@ class Coverage:
 
     def __post_init__(self) -> None:
         if not is_valid_crop_count(self.crops):
-            raise ValueError(f"coverage.crops must be 1, n*n or n*n + 1 (n >= 2), e.g. 1, 4, 5, 9, 10; "
-                             f"got {self.crops}")
+            raise ValueError(
+                f"coverage.crops must be 1, n*n or n*n + 1 (n >= 2), e.g. 1, 4, 5, 9, 10; got {self.crops}"
+            )
         if not 1 <= self.top_k <= self.crops:
             raise ValueError(f"coverage.top_k must be in [1, crops = {self.crops}], got {self.top_k}")
 
@@ -150,9 +151,7 @@ class DetectorMetadata:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values each, std > 0")
         if self.format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"metadata format {self.format_version} is newer than this software ({FORMAT_VERSION})"
-            )
+            raise ValueError(f"metadata format {self.format_version} is newer than this software ({FORMAT_VERSION})")
 
     def with_updates(self, **changes: Any) -> DetectorMetadata:
         """A copy with some fields replaced."""

@@ -21,15 +21,29 @@ from core.metadata import grid_side, is_valid_crop_count
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File-name suffixes of the accepted formats: what the tools that walk folders of images pick up.
-FORMAT_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",), "BMP": (".bmp",),
-                   "TIFF": (".tif", ".tiff"), "GIF": (".gif",)}
+FORMAT_SUFFIXES = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "GIF": (".gif",),
+}
 IMAGE_SUFFIXES = tuple(suffix for fmt in DEFAULT_FORMATS for suffix in FORMAT_SUFFIXES[fmt])
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with preview images after the first; the first is the photo
 
 
 # The kinds of rejection, for counting (the served preprocess model's fmdetect_preprocess_rejected_requests_total).
-REJECTION_REASONS = ("empty", "too_large", "too_many_pixels", "unsupported_format", "unrecognised", "truncated",
-                     "bomb", "corrupt")
+REJECTION_REASONS = (
+    "empty",
+    "too_large",
+    "too_many_pixels",
+    "unsupported_format",
+    "unrecognised",
+    "truncated",
+    "bomb",
+    "corrupt",
+)
 
 
 class ImageDecodeError(ValueError):
@@ -58,8 +72,10 @@ class DecodeLimits:
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(str(f).strip().upper() for f in self.formats))
         if self.max_bytes < 1 or self.max_pixels < 1 or self.max_jpeg_pixels_per_byte < 1:
-            raise ValueError(f"max_bytes, max_pixels and max_jpeg_pixels_per_byte must be >= 1, got "
-                             f"{self.max_bytes}, {self.max_pixels} and {self.max_jpeg_pixels_per_byte}")
+            raise ValueError(
+                f"max_bytes, max_pixels and max_jpeg_pixels_per_byte must be >= 1, got "
+                f"{self.max_bytes}, {self.max_pixels} and {self.max_jpeg_pixels_per_byte}"
+            )
         Image.init()
         unknown = [f for f in self.formats if f not in Image.ID]
         if not self.formats or unknown:
@@ -154,26 +170,31 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty payload: no image bytes", "empty")
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes",
-                               "too_large")
+        raise ImageDecodeError(
+            f"payload of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes", "too_large"
+        )
     try:
         img = Image.open(io.BytesIO(data), formats=list(limits.formats))
     except UnidentifiedImageError:
         fmt = _sniff_format(bytes(data[:16]))
         if fmt is not None and fmt not in limits.formats:
-            raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}",
-                                   "unsupported_format") from None
+            raise ImageDecodeError(
+                f"unsupported image format {fmt}; supported: {', '.join(limits.formats)}", "unsupported_format"
+            ) from None
         raise ImageDecodeError("not a recognised image (corrupt data or unknown format)", "unrecognised") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
-        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels",
-                               "too_many_pixels")
+        raise ImageDecodeError(
+            f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels", "too_many_pixels"
+        )
     if img.format in _JPEG_FORMATS and width * height > limits.max_jpeg_pixels_per_byte * len(data):
         raise ImageDecodeError(
             f"JPEG header claims {width}x{height} pixels but only {len(data)} bytes were sent (more than "
-            f"{limits.max_jpeg_pixels_per_byte} pixels per byte): truncated or lying header", "truncated")
+            f"{limits.max_jpeg_pixels_per_byte} pixels per byte): truncated or lying header",
+            "truncated",
+        )
     return img
 
 
@@ -200,12 +221,17 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         return _upright_rgb(img, _orientation_transpose(img))
 
 
-_SWAPS_AXES = (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
-               Image.Transpose.ROTATE_270)
+_SWAPS_AXES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+)
 
 
-def _source_box(box: tuple[int, int, int, int], transpose: Image.Transpose | None, width: int,
-                height: int) -> tuple[int, int, int, int]:
+def _source_box(
+    box: tuple[int, int, int, int], transpose: Image.Transpose | None, width: int, height: int
+) -> tuple[int, int, int, int]:
     """The stored pixels (``width`` x ``height``, before orientation) behind box (left, top, right, bottom) of the
     upright image."""
     left, top, right, bottom = box
@@ -277,7 +303,8 @@ def _jpeg_windows(data: bytes, img: Image.Image, boxes: list[tuple[int, int, int
     except OSError as exc:
         if "premature end" in str(exc).lower():
             raise ImageDecodeError(
-                f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})", "truncated") from None
+                f"truncated or corrupt JPEG: the coded data ends before the image does ({exc})", "truncated"
+            ) from None
         return None
     windows = []
     for region, (left, top, right, bottom) in zip(regions, sources):
@@ -285,8 +312,9 @@ def _jpeg_windows(data: bytes, img: Image.Image, boxes: list[tuple[int, int, int
             part.load()
             if part.mode != img.mode:
                 return None
-            window = part.crop((region.offset_x, region.offset_y, region.offset_x + right - left,
-                                region.offset_y + bottom - top))
+            window = part.crop(
+                (region.offset_x, region.offset_y, region.offset_x + right - left, region.offset_y + bottom - top)
+            )
             windows.append(_upright_rgb(window, transpose))
     return windows
 
@@ -296,8 +324,9 @@ def _upright_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if _orientation_transpose(img) in _SWAPS_AXES else (width, height)
 
 
-def decode_windows(data: bytes, size: tuple[int, int], crops: int = 1,
-                   limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+def decode_windows(
+    data: bytes, size: tuple[int, int], crops: int = 1, limits: DecodeLimits = DecodeLimits()
+) -> np.ndarray:
     """The ``crops`` windows (:func:`crop_boxes`) of the decoded image, (crops, height, width, 3) uint8: the same
     pixels as :func:`crop_windows` of :func:`decode_image`, reading only the MCUs around them for a JPEG when
     libjpeg-turbo is available (a fraction of the work on photo-sized images). Same limits and errors."""
@@ -320,8 +349,12 @@ def crop_windows(img: np.ndarray, size: tuple[int, int], crops: int = 1) -> np.n
     """The ``crops`` windows (:func:`crop_boxes`) of an HxWxC array, (crops, height, width, C); for ``crops`` = 1
     the one window is ``center_crop_or_pad(img, size)``."""
     height, width = img.shape[:2]
-    return np.stack([center_crop_or_pad(img[top:bottom, left:right], size)
-                     for left, top, right, bottom in crop_boxes((width, height), size, crops)])
+    return np.stack(
+        [
+            center_crop_or_pad(img[top:bottom, left:right], size)
+            for left, top, right, bottom in crop_boxes((width, height), size, crops)
+        ]
+    )
 
 
 def stack_windows(windows: np.ndarray) -> np.ndarray:
@@ -360,9 +393,7 @@ def preprocess_image(
     return stack_windows(decode_windows(data, input_size, crops, limits))
 
 
-def normalize(
-    batch: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> np.ndarray:
+def normalize(batch: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
     """uint8 NCHW -> float32 NCHW, ``(x / 255 - mean) / std`` (torchvision ``ToTensor`` + ``Normalize``)."""
     x = batch.astype(np.float32) / np.float32(255.0)
     m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)

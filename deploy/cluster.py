@@ -305,8 +305,9 @@ def ensure_nginx(install: bool = True) -> str:
             raise ClusterError(f"nginx not found; {hint}")
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             raise ClusterError(f"nginx not found and apt-get cannot run here (needs root on Debian); {hint}")
-        print(f"nginx not found: installing Debian's {NGINX_PACKAGE} with apt-get (once) ...", file=sys.stderr,
-              flush=True)
+        print(
+            f"nginx not found: installing Debian's {NGINX_PACKAGE} with apt-get (once) ...", file=sys.stderr, flush=True
+        )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         command = ["apt-get", "install", "-y", "--no-install-recommends", NGINX_PACKAGE]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -358,18 +359,27 @@ class NginxBalancer:
             )
 
         return _NginxTemplate(TEMPLATE.read_text()).substitute(
-            workers=c.workers, workdir=self.workdir, listen_host=c.listen_host, grpc_port=c.port,
-            http_port=self.http_port, next_upstream_tries=c.next_upstream_tries,
-            connect_timeout=f"{c.connect_timeout_s:g}s", max_body_size=f"{c.max_body_bytes // 1024}k",
-            grpc_servers=servers(lambda r: r.grpc_port), http_servers=servers(lambda r: r.http_port),
+            workers=c.workers,
+            workdir=self.workdir,
+            listen_host=c.listen_host,
+            grpc_port=c.port,
+            http_port=self.http_port,
+            next_upstream_tries=c.next_upstream_tries,
+            connect_timeout=f"{c.connect_timeout_s:g}s",
+            max_body_size=f"{c.max_body_bytes // 1024}k",
+            grpc_servers=servers(lambda r: r.grpc_port),
+            http_servers=servers(lambda r: r.http_port),
         )
 
     def _write(self, replicas: list[Replica], down: set[int]) -> None:
         text = self.render(replicas, down)
         staging = self.conf.with_suffix(".test")
         staging.write_text(text)
-        check = subprocess.run([self.nginx, "-t", "-q", "-p", str(self.workdir), "-c", str(staging),
-                                "-e", str(self.error_log)], capture_output=True, text=True)
+        check = subprocess.run(
+            [self.nginx, "-t", "-q", "-p", str(self.workdir), "-c", str(staging), "-e", str(self.error_log)],
+            capture_output=True,
+            text=True,
+        )
         if check.returncode != 0:
             raise ClusterError(f"nginx rejected its configuration: {check.stderr.strip()}")
         staging.replace(self.conf)
@@ -379,14 +389,18 @@ class NginxBalancer:
         with open(self.workdir / "nginx.out", "ab") as out:
             self.process = subprocess.Popen(
                 [self.nginx, "-p", str(self.workdir), "-c", str(self.conf), "-e", str(self.error_log)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ClusterError(f"nginx exited with {self.process.returncode}:\n{self.log_tail()}")
-            if _accepts(self.config.listen_host, self.config.port) and _accepts(self.config.listen_host,
-                                                                                 self.http_port):
+            if _accepts(self.config.listen_host, self.config.port) and _accepts(
+                self.config.listen_host, self.http_port
+            ):
                 return
             time.sleep(0.05)
         raise ClusterError(f"nginx did not listen on {self.config.listen_host}:{self.config.port}:\n{self.log_tail()}")
@@ -540,8 +554,13 @@ class Cluster:
         if c.health_interval_s > 0:
             self._health = threading.Thread(target=self._health_loop, name="cluster-health", daemon=True)
             self._health.start()
-        logger.info("cluster %s: %d replicas (%s) behind nginx on %s", self.id, len(self.replicas),
-                    self.network_note, self.grpc_url)
+        logger.info(
+            "cluster %s: %d replicas (%s) behind nginx on %s",
+            self.id,
+            len(self.replicas),
+            self.network_note,
+            self.grpc_url,
+        )
 
     def _setup_network(self) -> None:
         c = self.config
@@ -568,19 +587,33 @@ class Cluster:
 
     def _start_server(self, replica: Replica) -> None:
         c = self.config
-        ports = dict(http_port=replica.http_port or None, grpc_port=replica.grpc_port or None,
-                     metrics_port=replica.metrics_port or None)
-        server_config = ServerConfig(model_repository=Path(c.model_repository), host=replica.host,
-                                     ready_timeout_s=c.ready_timeout_s, restricted_api=c.restricted_api, **ports)
-        server = (NamespacedTritonServer(server_config, replica.namespace) if replica.namespace
-                  else TritonServer(server_config))
+        ports = dict(
+            http_port=replica.http_port or None,
+            grpc_port=replica.grpc_port or None,
+            metrics_port=replica.metrics_port or None,
+        )
+        server_config = ServerConfig(
+            model_repository=Path(c.model_repository),
+            host=replica.host,
+            ready_timeout_s=c.ready_timeout_s,
+            restricted_api=c.restricted_api,
+            **ports,
+        )
+        server = (
+            NamespacedTritonServer(server_config, replica.namespace)
+            if replica.namespace
+            else TritonServer(server_config)
+        )
         try:
             server.start()
         except ServerError as exc:
             raise ClusterError(f"replica {replica.name} at {replica.host} did not start: {exc}") from exc
         replica.server = server
-        replica.grpc_port, replica.http_port, replica.metrics_port = (server.grpc_port, server.http_port,
-                                                                      server.metrics_port)
+        replica.grpc_port, replica.http_port, replica.metrics_port = (
+            server.grpc_port,
+            server.http_port,
+            server.metrics_port,
+        )
 
     def stop(self) -> None:
         """Stop the health loop, nginx and every replica, delete the network and the state file; idempotent."""
@@ -607,17 +640,26 @@ class Cluster:
 
     def _save_state(self) -> None:
         """What a later launcher needs to clean up after this one if it dies without stopping."""
-        processes = [[r.server.process.pid, "tritonserver"] for r in self.replicas
-                     if r.server is not None and r.server.process is not None]
+        processes = [
+            [r.server.process.pid, "tritonserver"]
+            for r in self.replicas
+            if r.server is not None and r.server.process is not None
+        ]
         if self.balancer is not None and self.balancer.process is not None:
             processes.append([self.balancer.process.pid, "nginx"])
-        workdirs = [str(self.workdir)] + [str(r.server.workdir) for r in self.replicas
-                                          if r.server is not None and r.server.workdir is not None]
+        workdirs = [str(self.workdir)] + [
+            str(r.server.workdir) for r in self.replicas if r.server is not None and r.server.workdir is not None
+        ]
         shm_prefixes = [r.server.shm_prefix for r in self.replicas if r.server is not None]
-        state = {"id": self.id, "pid": os.getpid(), "processes": processes, "workdirs": workdirs,
-                 "shm_prefixes": shm_prefixes,
-                 "namespaces": self.network.namespaces if self.network else [],
-                 "links": self.network.links if self.network else []}
+        state = {
+            "id": self.id,
+            "pid": os.getpid(),
+            "processes": processes,
+            "workdirs": workdirs,
+            "shm_prefixes": shm_prefixes,
+            "namespaces": self.network.namespaces if self.network else [],
+            "links": self.network.links if self.network else [],
+        }
         try:
             STATE_DIR.mkdir(parents=True, exist_ok=True)
             path = STATE_DIR / f"{self.id}.json"
@@ -709,32 +751,50 @@ class Cluster:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Serve a model repository with several tritonserver replicas behind "
-                                            "an nginx gRPC load balancer on this machine (Ctrl-C stops all).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Serve a model repository with several tritonserver replicas behind "
+        "an nginx gRPC load balancer on this machine (Ctrl-C stops all).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model-repository", type=Path, help="repository every replica serves (a CPU repository here)")
     p.add_argument("--replicas", type=int, default=2, help="tritonserver processes")
     p.add_argument("--port", type=int, default=8001, help="the balancer's gRPC port on 127.0.0.1")
     p.add_argument("--http-port", type=int, default=0, help="the balancer's HTTP port (0: a free one)")
-    p.add_argument("--network", default=NetworkMode.AUTO.value, choices=[m.value for m in NetworkMode],
-                   help="netns: a network namespace and address per replica; loopback: distinct ports on "
-                        "127.0.0.1; auto: netns when allowed")
+    p.add_argument(
+        "--network",
+        default=NetworkMode.AUTO.value,
+        choices=[m.value for m in NetworkMode],
+        help="netns: a network namespace and address per replica; loopback: distinct ports on "
+        "127.0.0.1; auto: netns when allowed",
+    )
     p.add_argument("--max-fails", type=int, default=1, help="nginx: failures that take a replica out")
     p.add_argument("--fail-timeout", type=float, default=5.0, help="nginx: seconds a failed replica stays out")
-    p.add_argument("--health-interval", type=float, default=0.5,
-                   help="seconds between active readiness polls (0: nginx's passive checks only)")
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=0.5,
+        help="seconds between active readiness polls (0: nginx's passive checks only)",
+    )
     p.add_argument("--no-install", action="store_true", help="fail instead of apt-get installing nginx")
     p.add_argument("--cleanup", action="store_true", help="only remove what killed launchers left, then exit")
-    p.add_argument("--install-nginx", action="store_true",
-                   help=f"only make sure nginx is installed (apt-get install {NGINX_PACKAGE} when missing), then exit")
+    p.add_argument(
+        "--install-nginx",
+        action="store_true",
+        help=f"only make sure nginx is installed (apt-get install {NGINX_PACKAGE} when missing), then exit",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(
-        model_repository=args.model_repository, replicas=args.replicas, port=args.port,
-        http_port=args.http_port or None, network=NetworkMode(args.network), max_fails=args.max_fails,
-        fail_timeout_s=args.fail_timeout, health_interval_s=args.health_interval,
+        model_repository=args.model_repository,
+        replicas=args.replicas,
+        port=args.port,
+        http_port=args.http_port or None,
+        network=NetworkMode(args.network),
+        max_fails=args.max_fails,
+        fail_timeout_s=args.fail_timeout,
+        health_interval_s=args.health_interval,
         install_nginx=not args.no_install,
     )
 
@@ -749,12 +809,18 @@ def describe(cluster: Cluster) -> str:
     ]
     for r in cluster.replicas:
         where = f"netns {r.namespace}" if r.namespace else "loopback"
-        lines.append(f"replica {r.name}: {where:<18} gRPC {r.grpc_url:<21} HTTP {r.http_url:<21} "
-                     f"metrics {r.metrics_url}")
-    active = (f"active /v2/health/ready every {c.health_interval_s:g} s (out after {c.fall}, back after {c.rise})"
-              if c.health_interval_s > 0 else "no active checks")
-    lines.append(f"health:   nginx passive max_fails={c.max_fails} fail_timeout={c.fail_timeout_s:g}s, "
-                 f"failed calls retried on the next replica; {active}")
+        lines.append(
+            f"replica {r.name}: {where:<18} gRPC {r.grpc_url:<21} HTTP {r.http_url:<21} metrics {r.metrics_url}"
+        )
+    active = (
+        f"active /v2/health/ready every {c.health_interval_s:g} s (out after {c.fall}, back after {c.rise})"
+        if c.health_interval_s > 0
+        else "no active checks"
+    )
+    lines.append(
+        f"health:   nginx passive max_fails={c.max_fails} fail_timeout={c.fail_timeout_s:g}s, "
+        f"failed calls retried on the next replica; {active}"
+    )
     urls = ",".join(r.grpc_url for r in cluster.replicas)
     lines.append(f"try:      python benchmarks/perf.py --url {cluster.grpc_url}")
     lines.append(f"          python -m benchmarks.spread --url {cluster.grpc_url} --replica-urls {urls}")
@@ -798,10 +864,15 @@ def main(argv: list[str] | None = None) -> int:
             for event in cluster.events[seen:]:
                 print(f"replica r{event.replica} {'joined' if event.joined else 'left'} the pool", flush=True)
             seen = len(cluster.events)
-            if cluster.balancer is None or cluster.balancer.process is None or \
-                    cluster.balancer.process.poll() is not None:
-                print(f"nginx exited unexpectedly:\n{cluster.balancer.log_tail() if cluster.balancer else ''}",
-                      file=sys.stderr)
+            if (
+                cluster.balancer is None
+                or cluster.balancer.process is None
+                or cluster.balancer.process.poll() is not None
+            ):
+                print(
+                    f"nginx exited unexpectedly:\n{cluster.balancer.log_tail() if cluster.balancer else ''}",
+                    file=sys.stderr,
+                )
                 return 1
     finally:
         cluster.stop()

@@ -73,8 +73,7 @@ def apply_json_patch(doc: Document, operations: list[dict[str, Any]]) -> Documen
 # ------------------------------------------------------------------------------------------------ kustomize subset
 def _matches(doc: Document, target: dict[str, str]) -> bool:
     group, _, version = doc.get("apiVersion", "").rpartition("/")
-    checks = {"group": group, "version": version, "kind": doc.get("kind"),
-              "name": doc.get("metadata", {}).get("name")}
+    checks = {"group": group, "version": version, "kind": doc.get("kind"), "name": doc.get("metadata", {}).get("name")}
     return all(checks[key] == value for key, value in target.items() if key in checks)
 
 
@@ -109,8 +108,10 @@ def render(directory: Path | str) -> list[Document]:
     supported = {"apiVersion", "kind", "resources", "labels", "images", "patches"}
     unknown = set(kustomization) - supported
     if unknown:
-        raise ValueError(f"{directory}: kustomization fields {sorted(unknown)} are not supported here; "
-                         f"supported: {sorted(supported)} (use kubectl kustomize)")
+        raise ValueError(
+            f"{directory}: kustomization fields {sorted(unknown)} are not supported here; "
+            f"supported: {sorted(supported)} (use kubectl kustomize)"
+        )
     docs: list[Document] = []
     for resource in kustomization.get("resources", []):
         path = directory / resource

@@ -41,11 +41,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     def onnx_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (weights + metadata)")
-        p.add_argument("--fft-impl", default=OnnxFFT.MATMUL.value, choices=_choices(OnnxFFT),
-                       help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe), the ONNX DFT op, or "
-                            "external (no FFT stage: input MASKED (B, K, 3, H, W), for --target gpu-cupy)")
-        p.add_argument("--precision", default=Precision.FP32.value, choices=_choices(Precision),
-                       help="graph precision (fp16: a strongly typed FP16 graph; I/O stays uint8/fp32/bool)")
+        p.add_argument(
+            "--fft-impl",
+            default=OnnxFFT.MATMUL.value,
+            choices=_choices(OnnxFFT),
+            help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe), the ONNX DFT op, or "
+            "external (no FFT stage: input MASKED (B, K, 3, H, W), for --target gpu-cupy)",
+        )
+        p.add_argument(
+            "--precision",
+            default=Precision.FP32.value,
+            choices=_choices(Precision),
+            help="graph precision (fp16: a strongly typed FP16 graph; I/O stays uint8/fp32/bool)",
+        )
         p.add_argument("--masks", type=int, default=None, help="test-time masks K, overriding the checkpoint's")
         p.add_argument("--report", type=Path, default=None, help="write the parity report as JSON here")
 
@@ -57,15 +65,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     onnx_options(p_repo)
     p_repo.add_argument("--target", default=Target.CPU.value, choices=_choices(Target))
     p_repo.add_argument("--out", required=True, type=Path, help="repository directory (replaced)")
-    p_repo.add_argument("--engine", type=Path, default=None,
-                        help="TensorRT engine for --target gpu-trt or gpu-cupy (built with 'python -m export engine')")
+    p_repo.add_argument(
+        "--engine",
+        type=Path,
+        default=None,
+        help="TensorRT engine for --target gpu-trt or gpu-cupy (built with 'python -m export engine')",
+    )
 
-    p_engine = verbs.add_parser("engine",
-                                help="ONNX -> TensorRT engine + model.engine.json (needs TensorRT and a GPU)")
+    p_engine = verbs.add_parser("engine", help="ONNX -> TensorRT engine + model.engine.json (needs TensorRT and a GPU)")
     add_engine_args(p_engine)
 
-    p_num = verbs.add_parser("fp16-numerics",
-                             help="FP16 vs FP32 prob_fake and decisions on a dataset split (JSON report)")
+    p_num = verbs.add_parser(
+        "fp16-numerics", help="FP16 vs FP32 prob_fake and decisions on a dataset split (JSON report)"
+    )
     add_fp16_numerics_args(p_num)
 
     p_ops = verbs.add_parser("trt-ops", help="check the graph's operators against TensorRT's list for a version")
@@ -82,9 +94,11 @@ def _export(args: argparse.Namespace, out: Path) -> dict:
         masks=args.masks,
     )
     report = export_onnx(config).to_dict()
-    print(f"parity vs PyTorch fp32 ({report['precision']}, fft {report['fft_impl']}): max |logit diff| "
-          f"{report['max_abs_logit_diff']:.3g} at batch sizes {report['batch_sizes']} "
-          f"(tolerance {report['tolerance']:g})")
+    print(
+        f"parity vs PyTorch fp32 ({report['precision']}, fft {report['fft_impl']}): max |logit diff| "
+        f"{report['max_abs_logit_diff']:.3g} at batch sizes {report['batch_sizes']} "
+        f"(tolerance {report['tolerance']:g})"
+    )
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -115,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         metadata = DetectorMetadata.load(args.checkpoint)
         if target.needs_engine:
             if args.engine is None:
-                print(f"error: --target {target.value} needs --engine (build one with 'python -m export engine')",
-                      file=sys.stderr)
+                print(
+                    f"error: --target {target.value} needs --engine (build one with 'python -m export engine')",
+                    file=sys.stderr,
+                )
                 return 2
             if args.masks is not None:  # the K the engine was exported with
                 metadata = metadata.with_updates(fft_stage=replace(metadata.fft_stage, masks=args.masks))

@@ -54,9 +54,11 @@ PYTORCH_CPU_HALF = "pytorch-cpu-half"
 PYTORCH_CUDA_HALF = "pytorch-cuda-half"
 RUNTIMES = (ONNXRUNTIME_CPU, PYTORCH_CPU_HALF, PYTORCH_CUDA_HALF)
 WORST = 5
-ORT_NOTE = ("ONNX Runtime's CPU provider ran the FP16 graph's compute nodes in FP32 (it inserts Cast nodes where it "
-            "has no FP16 kernel and removes the FP32->FP16->FP32 pairs between nodes): activations stay FP32, so "
-            "this measures the FP16 rounding of weights and constants; pytorch-cpu-half also rounds activations")
+ORT_NOTE = (
+    "ONNX Runtime's CPU provider ran the FP16 graph's compute nodes in FP32 (it inserts Cast nodes where it "
+    "has no FP16 kernel and removes the FP32->FP16->FP32 pairs between nodes): activations stay FP32, so "
+    "this measures the FP16 rounding of weights and constants; pytorch-cpu-half also rounds activations"
+)
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,17 @@ class ImageSet:
 
 def load_images(config: NumericsConfig, metadata: DetectorMetadata) -> ImageSet:
     """The split's images through the evaluation transform (centre crop / zero-pad, no resize), as uint8 NCHW."""
-    dataset = RealFakeDataset(config.data, split=config.split, image_size=metadata.input_size, train=False,
-                              crops=metadata.coverage.crops)
+    dataset = RealFakeDataset(
+        config.data, split=config.split, image_size=metadata.input_size, train=False, crops=metadata.coverage.crops
+    )
     indices = np.arange(len(dataset))
     if config.limit is not None and config.limit < len(indices):
         indices = np.unique(np.linspace(0, len(dataset) - 1, config.limit).round().astype(int))
     images = np.stack([dataset[int(i)][0].numpy() for i in indices])
     samples = [dataset.samples[int(i)] for i in indices]
-    return ImageSet(images, np.array([s.label for s in samples]), [str(s.path) for s in samples],
-                    [s.generator for s in samples])
+    return ImageSet(
+        images, np.array([s.label for s in samples]), [str(s.path) for s in samples], [s.generator for s in samples]
+    )
 
 
 def _run_torch(head: torch.nn.Module, data: ImageSet, batch_size: int, device: str) -> np.ndarray:
@@ -144,12 +148,19 @@ def ort_execution(path: Path) -> dict[str, Any]:
         if node.op_type in ("Conv", "MatMul", "Gemm"):
             compute[onnx.TensorProto.DataType.Name(types.get(node.input[0], 0)).lower()] += 1
     inserted = sum(node.op_type == "Cast" and node.name.startswith("Inserted") for node in graph.node)
-    return {"compute_nodes_by_input_type": dict(compute), "inserted_casts": inserted,
-            "onnxruntime": ort.__version__}
+    return {"compute_nodes_by_input_type": dict(compute), "inserted_casts": inserted, "onnxruntime": ort.__version__}
 
 
-def compare(name: str, fft: OnnxFFT, logits: np.ndarray, reference: np.ndarray, data: ImageSet,
-            threshold: float, seconds: float, **extra: Any) -> dict[str, Any]:
+def compare(
+    name: str,
+    fft: OnnxFFT,
+    logits: np.ndarray,
+    reference: np.ndarray,
+    data: ImageSet,
+    threshold: float,
+    seconds: float,
+    **extra: Any,
+) -> dict[str, Any]:
     """Differences of one FP16 runtime's logits against the fp32 reference, on the probability scale too."""
     prob, prob_ref = 1.0 / (1.0 + np.exp(-logits)), 1.0 / (1.0 + np.exp(-reference))
     diff = np.abs(prob - prob_ref)
@@ -165,8 +176,7 @@ def compare(name: str, fft: OnnxFFT, logits: np.ndarray, reference: np.ndarray, 
         "decision_agreement": float(np.mean(decision == decision_ref)),
         "decisions_changed": int(np.sum(decision != decision_ref)),
         "accuracy": float(np.mean(decision == data.labels.astype(bool))),
-        "worst": [{"path": data.paths[i], "prob_fp32": float(prob_ref[i]), "prob_fp16": float(prob[i])}
-                  for i in worst],
+        "worst": [{"path": data.paths[i], "prob_fp32": float(prob_ref[i]), "prob_fp16": float(prob[i])} for i in worst],
         "seconds": round(seconds, 3),
         **extra,
     }
@@ -176,14 +186,26 @@ def _onnxruntime(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, folder: P
     import onnxruntime as ort
 
     path = folder / f"detector_fp16_{fft.value}.onnx"
-    parity = export_onnx(ExportConfig(checkpoint=config.checkpoint, out=path, fft_impl=fft,
-                                      precision=Precision.FP16, masks=config.masks, parity_batch_sizes=(2,)))
+    parity = export_onnx(
+        ExportConfig(
+            checkpoint=config.checkpoint,
+            out=path,
+            fft_impl=fft,
+            precision=Precision.FP16,
+            masks=config.masks,
+            parity_batch_sizes=(2,),
+        )
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     start = time.perf_counter()
-    logits = np.concatenate([session.run([LOGIT], {INPUT_NAME: batch})[0].reshape(-1)
-                             for batch in data.batches(config.batch_size)]).astype(np.float64)
-    extra = {"seconds_run": round(time.perf_counter() - start, 3), "export_parity": parity.to_dict(),
-             "execution": {**ort_execution(path), "note": ORT_NOTE}}
+    logits = np.concatenate(
+        [session.run([LOGIT], {INPUT_NAME: batch})[0].reshape(-1) for batch in data.batches(config.batch_size)]
+    ).astype(np.float64)
+    extra = {
+        "seconds_run": round(time.perf_counter() - start, 3),
+        "export_parity": parity.to_dict(),
+        "execution": {**ort_execution(path), "note": ORT_NOTE},
+    }
     return logits, extra
 
 
@@ -196,8 +218,9 @@ def _pytorch_half(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, device: 
         saved = matmul.allow_fp16_reduced_precision_reduction
         matmul.allow_fp16_reduced_precision_reduction = False  # FP32 accumulation throughout, as tensor cores do
         try:
-            _run_torch(head, ImageSet(data.images[: config.batch_size], data.labels, [], []), config.batch_size,
-                       device)  # warm-up: cuDNN/cuBLAS algorithm selection
+            _run_torch(
+                head, ImageSet(data.images[: config.batch_size], data.labels, [], []), config.batch_size, device
+            )  # warm-up: cuDNN/cuBLAS algorithm selection
             start = time.perf_counter()
             logits = _run_torch(head, data, config.batch_size, device)
             extra["seconds_run"] = round(time.perf_counter() - start, 3)
@@ -248,27 +271,37 @@ def fp16_numerics(config: NumericsConfig) -> dict[str, Any]:
                     continue
                 begin = time.perf_counter()
                 logits, extra = run(fft, Path(tmp))
-                results.append(compare(name, fft, logits, reference, data, threshold,
-                                       time.perf_counter() - begin, **extra))
+                results.append(
+                    compare(name, fft, logits, reference, data, threshold, time.perf_counter() - begin, **extra)
+                )
     report = {
         "checkpoint": str(config.checkpoint),
         "data": str(config.data),
         "split": config.split,
         "images": int(len(data.images)),
-        "by_generator_and_label": {f"{g}/{'fake' if y else 'real'}": n
-                                   for (g, y), n in sorted(Counter(zip(data.generators,
-                                                                       data.labels.tolist())).items())},
+        "by_generator_and_label": {
+            f"{g}/{'fake' if y else 'real'}": n
+            for (g, y), n in sorted(Counter(zip(data.generators, data.labels.tolist())).items())
+        },
         "input_size": list(metadata.input_size),
         "backbone": metadata.backbone,
         "masks": masks,
         "threshold": {"value": threshold, "method": metadata.threshold.method},
-        "reference": {"runtime": "pytorch-cpu-fp32", "fft_impl": "torch.fft",
-                      "accuracy": float(np.mean(reference_decisions == data.labels.astype(bool))),
-                      "fake_share": float(np.mean(reference_decisions)), "seconds": round(reference_seconds, 3)},
+        "reference": {
+            "runtime": "pytorch-cpu-fp32",
+            "fft_impl": "torch.fft",
+            "accuracy": float(np.mean(reference_decisions == data.labels.astype(bool))),
+            "fake_share": float(np.mean(reference_decisions)),
+            "seconds": round(reference_seconds, 3),
+        },
         "results": results,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "machine": platform.machine(), "processor": platform.processor() or "unknown",
-                        "cuda": None if cuda_unavailable_reason() else torch.cuda.get_device_name(0)},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor() or "unknown",
+            "cuda": None if cuda_unavailable_reason() else torch.cuda.get_device_name(0),
+        },
     }
     if config.out is not None:
         config.out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,29 +311,46 @@ def fp16_numerics(config: NumericsConfig) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """One line per runtime and FFT form."""
-    lines = [f"FP16 vs PyTorch fp32 on {report['images']} images ({report['data']}, split {report['split']}), "
-             f"threshold {report['threshold']['value']:.4g} ({report['threshold']['method']})"]
+    lines = [
+        f"FP16 vs PyTorch fp32 on {report['images']} images ({report['data']}, split {report['split']}), "
+        f"threshold {report['threshold']['value']:.4g} ({report['threshold']['method']})"
+    ]
     for r in report["results"]:
         head = f"{r['runtime']:<18} {r['fft_impl']:<7}"
         if "skipped" in r:
             lines.append(f"{head} skipped: {r['skipped']}")
             continue
-        lines.append(f"{head} max |dprob| {r['max_abs_prob_diff']:.3g}  mean {r['mean_abs_prob_diff']:.3g}  "
-                     f"max |dlogit| {r['max_abs_logit_diff']:.3g}  agreement {r['decision_agreement']:.4f} "
-                     f"({r['decisions_changed']} changed)")
+        lines.append(
+            f"{head} max |dprob| {r['max_abs_prob_diff']:.3g}  mean {r['mean_abs_prob_diff']:.3g}  "
+            f"max |dlogit| {r['max_abs_logit_diff']:.3g}  agreement {r['decision_agreement']:.4f} "
+            f"({r['decisions_changed']} changed)"
+        )
     return "\n".join(lines)
 
 
 def add_fp16_numerics_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (weights + metadata)")
     parser.add_argument("--data", required=True, type=Path, help="dataset root (e.g. the offline dataset)")
-    parser.add_argument("--split", default="testing",
-                        help="split folder below --data (Wang layout); 'none' reads --data itself (Ojha layout)")
+    parser.add_argument(
+        "--split",
+        default="testing",
+        help="split folder below --data (Wang layout); 'none' reads --data itself (Ojha layout)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="JSON report to write")
-    parser.add_argument("--fft-impl", nargs="+", default=[f.value for f in FFT_FORMS],
-                        choices=[f.value for f in FFT_FORMS], help="FFT forms to measure (default: both)")
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES),
-                        help="FP16 runtimes to measure (default: all; the CUDA one skips without a GPU)")
+    parser.add_argument(
+        "--fft-impl",
+        nargs="+",
+        default=[f.value for f in FFT_FORMS],
+        choices=[f.value for f in FFT_FORMS],
+        help="FFT forms to measure (default: both)",
+    )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(RUNTIMES),
+        choices=list(RUNTIMES),
+        help="FP16 runtimes to measure (default: all; the CUDA one skips without a GPU)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per inference call")
     parser.add_argument("--limit", type=int, default=None, help="measure an evenly spaced subset of N images")
     parser.add_argument("--masks", type=int, default=None, help="test-time masks K, overriding the checkpoint's")
@@ -330,8 +380,9 @@ def run_fp16_numerics(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_fp16_numerics_args(argparse.ArgumentParser(prog="python -m export.fp16_numerics",
-                                                            description=__doc__.splitlines()[0]))
+    parser = add_fp16_numerics_args(
+        argparse.ArgumentParser(prog="python -m export.fp16_numerics", description=__doc__.splitlines()[0])
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):

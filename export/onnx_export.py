@@ -202,8 +202,9 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> int:
         if calls.get(conv) != 1 or calls.get(bn) != 1 or bn not in parents:
             continue  # shared modules: folding would change another call site
         saved[conv] = (conv.weight, conv.bias)
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                            bn.weight, bn.bias)
+        weight, bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
         conv.weight, conv.bias = weight, bias
         parent, name = parents[bn]
         setattr(parent, name, nn.Identity())
@@ -213,8 +214,9 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> int:
         got = module(example)
     scale = float(expected.abs().max()) + 1e-6
     if folded and float((got - expected).abs().max()) > 1e-4 * scale:
-        logger.warning("BatchNorm folding changed the output (a convolution output with another consumer?): "
-                       "exporting without it")
+        logger.warning(
+            "BatchNorm folding changed the output (a convolution output with another consumer?): exporting without it"
+        )
         for key, value in saved.items():
             if isinstance(key, nn.BatchNorm2d):
                 setattr(value[0], value[1], key)
@@ -362,8 +364,10 @@ def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | N
         got = {v.name: v.type.tensor_type.elem_type for v in values}
         if got != expected:
             name = T.DataType.Name
-            problems.append(f"I/O types {{{', '.join(f'{k}: {name(v)}' for k, v in got.items())}}}, expected "
-                            f"{{{', '.join(f'{k}: {name(v)}' for k, v in expected.items())}}}")
+            problems.append(
+                f"I/O types {{{', '.join(f'{k}: {name(v)}' for k, v in got.items())}}}, expected "
+                f"{{{', '.join(f'{k}: {name(v)}' for k, v in expected.items())}}}"
+            )
     counts = {"fp16_compute": 0, "fp32_compute": 0, "dft_fp32": 0, "casts": 0}
     for node in g.node:
         dtype = types.get(node.input[0]) if node.input else None
@@ -376,8 +380,10 @@ def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | N
             if dtype == T.FLOAT and out == T.FLOAT:
                 counts["dft_fp32"] += 1
             else:
-                problems.append(f"DFT {node.name} must compute in FLOAT (cuFFT does half only for power-of-two "
-                                f"sizes), got {T.DataType.Name(dtype or 0)} -> {T.DataType.Name(out or 0)}")
+                problems.append(
+                    f"DFT {node.name} must compute in FLOAT (cuFFT does half only for power-of-two "
+                    f"sizes), got {T.DataType.Name(dtype or 0)} -> {T.DataType.Name(out or 0)}"
+                )
         elif node.op_type == "Cast":
             counts["casts"] += 1
     masks = json.loads(props[METADATA_KEY])["fft_stage"]["masks"] if METADATA_KEY in props else 0

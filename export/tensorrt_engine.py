@@ -38,8 +38,10 @@ logger = logging.getLogger(__name__)
 ENGINE_JSON_SUFFIX = ".engine.json"
 METADATA_FORMAT = 1
 UNKNOWN = "unknown"
-BUILD_HINT = ("build the engine on a GPU machine with TensorRT, e.g. inside NVIDIA's Triton container whose "
-              "TensorRT matches the server")
+BUILD_HINT = (
+    "build the engine on a GPU machine with TensorRT, e.g. inside NVIDIA's Triton container whose "
+    "TensorRT matches the server"
+)
 
 
 class TensorRTNotInstalledError(RuntimeError):
@@ -83,8 +85,10 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
-                             f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+            raise ValueError(
+                f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                f"{self.min_batch}, {self.opt_batch}, {self.max_batch}"
+            )
         if self.workspace_gib <= 0:
             raise ValueError(f"--workspace must be positive (GiB), got {self.workspace_gib}")
 
@@ -126,15 +130,18 @@ def read_onnx_input(path: str | Path) -> OnnxInputInfo:
     model = onnx.load(str(path), load_external_data=False)
     inputs = {value.name: value for value in model.graph.input}
     if len(inputs) != 1 or not set(inputs) <= set(INPUT_RANKS):
-        raise ValueError(f"{path} has no input {INPUT_NAME} (or {MASKED_INPUT_NAME} alone) "
-                         f"(inputs: {', '.join(inputs) or 'none'})")
+        raise ValueError(
+            f"{path} has no input {INPUT_NAME} (or {MASKED_INPUT_NAME} alone) (inputs: {', '.join(inputs) or 'none'})"
+        )
     (name,) = inputs
     dims = inputs[name].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(static) != INPUT_RANKS[name] or None in static[1:]:
         layout = "C, H, W" if name == INPUT_NAME else "K, C, H, W"
-        raise ValueError(f"{name} of {path} must be (batch, {layout}) with static {layout}, got "
-                         f"{[d.dim_param or d.dim_value for d in dims]}")
+        raise ValueError(
+            f"{name} of {path} must be (batch, {layout}) with static {layout}, got "
+            f"{[d.dim_param or d.dim_value for d in dims]}"
+        )
     props = {prop.key: prop.value for prop in model.metadata_props}
     precision = props.get("precision", UNKNOWN)
     if precision == UNKNOWN:
@@ -222,25 +229,35 @@ class EngineBuilder:
         if not self.parser.parse_from_file(str(path.resolve())):
             for i in range(self.parser.num_errors):
                 logger.error("ONNX parser: %s", self.parser.get_error(i))
-            raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {path} "
-                                   f"({self.parser.num_errors} parser errors logged above)")
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} could not parse {path} "
+                f"({self.parser.num_errors} parser errors logged above)"
+            )
         names = [self.network.get_input(i).name for i in range(self.network.num_inputs)]
         if names != [self.input_info.name]:
             raise EngineBuildError(f"expected the single input {self.input_info.name}, the network has {names}")
         outputs = [self.network.get_output(i).name for i in range(self.network.num_outputs)]
         if sorted(outputs) != sorted(OUTPUT_NAMES):
             raise EngineBuildError(f"expected outputs {list(OUTPUT_NAMES)}, the network has {outputs}")
-        logger.info("parsed %s: %d layers, precision %s (strongly typed)", path, self.network.num_layers,
-                    self.input_info.precision)
+        logger.info(
+            "parsed %s: %d layers, precision %s (strongly typed)",
+            path,
+            self.network.num_layers,
+            self.input_info.precision,
+        )
         if self.input_info.precision != "fp16":
-            logger.info("the engine keeps the graph's %s precision; export with --precision fp16 for an FP16 "
-                        "engine", self.input_info.precision)
+            logger.info(
+                "the engine keeps the graph's %s precision; export with --precision fp16 for an FP16 engine",
+                self.input_info.precision,
+            )
 
     def profile_shapes(self) -> dict[str, list[int]]:
         assert self.input_info is not None, "create_network first"
         c = self.config
-        return {name: list(self.input_info.shape(batch))
-                for name, batch in (("min", c.min_batch), ("opt", c.opt_batch), ("max", c.max_batch))}
+        return {
+            name: list(self.input_info.shape(batch))
+            for name, batch in (("min", c.min_batch), ("opt", c.opt_batch), ("max", c.max_batch))
+        }
 
     def create_config(self):  # -> trt.IBuilderConfig
         """Builder config: workspace limit, one explicit optimisation profile, timing cache."""
@@ -253,8 +270,12 @@ class EngineBuilder:
         config.add_optimization_profile(profile)
         triton_max = _triton_max_batch()
         if triton_max is not None and c.max_batch < triton_max:
-            logger.warning("--max-batch %d is below the Triton config's max_batch_size %d: Triton will refuse "
-                           "the engine unless the config is lowered", c.max_batch, triton_max)
+            logger.warning(
+                "--max-batch %d is below the Triton config's max_batch_size %d: Triton will refuse "
+                "the engine unless the config is lowered",
+                c.max_batch,
+                triton_max,
+            )
         cache_bytes = b""
         if c.timing_cache is not None and c.timing_cache.is_file():
             cache_bytes = c.timing_cache.read_bytes()
@@ -275,14 +296,22 @@ class EngineBuilder:
         if self.network is None:
             self.create_network()
         config = self.create_config()
-        logger.info("building TensorRT %s engine for %s, batch %d/%d/%d (min/opt/max)", trt.__version__,
-                    self.input_info.name, c.min_batch, c.opt_batch, c.max_batch)
+        logger.info(
+            "building TensorRT %s engine for %s, batch %d/%d/%d (min/opt/max)",
+            trt.__version__,
+            self.input_info.name,
+            c.min_batch,
+            c.opt_batch,
+            c.max_batch,
+        )
         start = time.perf_counter()
         serialized = self.builder.build_serialized_network(self.network, config)
         seconds = time.perf_counter() - start
         if serialized is None:
-            raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {c.onnx} "
-                                   "(see the TensorRT errors logged above)")
+            raise EngineBuildError(
+                f"TensorRT {trt.__version__} failed to build an engine from {c.onnx} "
+                "(see the TensorRT errors logged above)"
+            )
         data = memoryview(serialized)
         c.out.parent.mkdir(parents=True, exist_ok=True)
         staging = c.out.with_name(c.out.name + ".writing")
@@ -294,8 +323,9 @@ class EngineBuilder:
             logger.info("timing cache: saved %s", c.timing_cache)
         metadata = self._metadata(hashlib.sha256(data).hexdigest(), data.nbytes, seconds)
         c.metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-        logger.info("wrote %s (%.1f MiB, built in %.1f s) and %s", c.out, data.nbytes / (1 << 20), seconds,
-                    c.metadata_path)
+        logger.info(
+            "wrote %s (%.1f MiB, built in %.1f s) and %s", c.out, data.nbytes / (1 << 20), seconds, c.metadata_path
+        )
         return EngineBuildResult(c.out, c.metadata_path, metadata)
 
     def _metadata(self, plan_sha256: str, plan_bytes: int, seconds: float) -> dict[str, Any]:
@@ -395,8 +425,12 @@ def check_engine_compatible(
     if built_trt == UNKNOWN or _release(built_trt) != _release(runtime_trt_version):
         reasons.append(f"the TensorRT version differs ({built_trt} vs {runtime_trt_version})")
     if built_gpu == UNKNOWN or not gpu_name or gpu_name == UNKNOWN:
-        logger.warning("cannot compare GPUs (engine built for %s, server has %s): the TensorRT runtime will "
-                       "reject a plan from an incompatible GPU", built_gpu, gpu_name or UNKNOWN)
+        logger.warning(
+            "cannot compare GPUs (engine built for %s, server has %s): the TensorRT runtime will "
+            "reject a plan from an incompatible GPU",
+            built_gpu,
+            gpu_name or UNKNOWN,
+        )
     elif _norm_gpu(built_gpu) != _norm_gpu(gpu_name):
         reasons.append(f"the GPU differs ({built_gpu} vs {gpu_name})")
     if compute_capability and built_cc != UNKNOWN and str(compute_capability) != built_cc:
@@ -413,15 +447,27 @@ def check_engine_compatible(
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--onnx", required=True, type=Path, help="exported ONNX graph (python -m export onnx)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="engine plan to write, e.g. model.plan (model.engine.json is written beside it)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="engine plan to write, e.g. model.plan (model.engine.json is written beside it)",
+    )
     parser.add_argument("--min-batch", type=int, default=1, help="smallest batch of the optimisation profile")
     parser.add_argument("--opt-batch", type=int, default=16, help="batch size TensorRT tunes kernels for")
-    parser.add_argument("--max-batch", type=int, default=64,
-                        help="largest batch of the profile (>= max_batch_size of the Triton config)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="largest batch of the profile (>= max_batch_size of the Triton config)",
+    )
     parser.add_argument("--workspace", type=float, default=4.0, help="builder workspace limit in GiB")
-    parser.add_argument("--timing-cache", type=Path, default=None,
-                        help="timing cache file: loaded when it exists, saved after the build")
+    parser.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=None,
+        help="timing cache file: loaded when it exists, saved after the build",
+    )
     parser.add_argument("--verbose", action="store_true", help="show TensorRT's INFO messages")
     return parser
 

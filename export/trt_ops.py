@@ -62,8 +62,18 @@ class ConstantInputRule:
     until: Version | None = None  # first list version that no longer states it
 
 
-_REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-               "ReduceProd", "ReduceSum", "ReduceSumSquare")
+_REDUCE_OPS = (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+)
 
 # Restrictions from the operator tables that an exported detector could trip on (all lists start at 10.0).
 CONSTANT_INPUT_RULES = (
@@ -75,7 +85,7 @@ CONSTANT_INPUT_RULES = (
 # Notes printed when a graph uses the op (from the release notes / operator tables of the list's version).
 OP_NOTES = {
     "DFT": "DFT is imported through TensorRT's cuFFT FFTPlugin (TensorRT >= 11.2: forward and inverse C2C, R2C and "
-           "C2R); cuFFT computes half precision only for power-of-two lengths, so keep the DFT in FP32",
+    "C2R); cuFFT computes half precision only for power-of-two lengths, so keep the DFT in FP32",
 }
 
 UNSUPPORTED_HINTS = {
@@ -256,8 +266,11 @@ def check_onnx(onnx_path: str | Path, version: str) -> tuple[str, list[str], lis
 
 def add_trt_ops_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--onnx", required=True, type=Path, help="exported ONNX graph to check")
-    parser.add_argument("--tensorrt-version", required=True,
-                        help="TensorRT version of the server that will build/run the engine, e.g. 10.8 or 11.2")
+    parser.add_argument(
+        "--tensorrt-version",
+        required=True,
+        help="TensorRT version of the server that will build/run the engine, e.g. 10.8 or 11.2",
+    )
     return parser
 
 
@@ -273,8 +286,10 @@ def run_trt_ops(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, DecodeError) as exc:  # unknown/bad version, missing or broken file
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.NO_LIST
-    line = f"TensorRT {report.requested}: checked against the TensorRT {report.used_version} operator list " \
-           f"({report.list_path.name})"
+    line = (
+        f"TensorRT {report.requested}: checked against the TensorRT {report.used_version} operator list "
+        f"({report.list_path.name})"
+    )
     if parse_version(report.used_version)[:2] != parse_version(report.requested)[:2]:
         line += f"; no list for {report.requested}, so ops added after {report.used_version} count as unsupported"
     print(line)

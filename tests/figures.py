@@ -66,8 +66,15 @@ TABLES: dict[str, Table] = {
             Row("stub-restart", "detector stub SIGKILLed, default model control (restart)"),
             Row("stub-reload-explicit", "detector stub SIGKILLed, explicit model control (reload)"),
             Row("server-process", "`tritonserver` SIGKILLed (restart)"),
-            Row("restart", "`restart()` mid-load", {"noticed after": "-", "recovered in": "{restart_s:.2f} s",
-                                                     "failed requests": "{errors}; longest {longest_s:.2f} s"}),
+            Row(
+                "restart",
+                "`restart()` mid-load",
+                {
+                    "noticed after": "-",
+                    "recovered in": "{restart_s:.2f} s",
+                    "failed requests": "{errors}; longest {longest_s:.2f} s",
+                },
+            ),
             Row("sigstop-restart", "detector stub SIGSTOPped (hung), default model control (restart)"),
             Row("sigstop-reload-explicit", "detector stub SIGSTOPped (hung), explicit model control (reload)"),
             Row("blocked-execute-restart", "detector `execute` never returns, default model control (restart)"),
@@ -93,52 +100,92 @@ TABLES: dict[str, Table] = {
         document="README.md",
         columns=(("check", ""), ("runs", "{runs}"), ("figure", ""), ("test", "")),
         rows=(
-            Row("onnx-default", "ONNX (FFT as MatMul) vs PyTorch fp32, the default detector (K = 0), batch 1 / 3 / 8",
-                {"figure": "max \\|logit diff\\| {max_abs_logit_diff:.1e}", "test": "`tests/test_demo.py`"}),
-            Row("onnx-resnet50", "ONNX vs PyTorch fp32, ResNet-50 at 224 px (untrained weights), 2 test-time masks, "
-                                 "batch 1 / 3 / 8",
-                {"figure": "max \\|logit diff\\|: MatMul {matmul:.1e}, `DFT` op {dft:.1e}",
-                 "test": "`tests/test_export.py`"}),
-            Row("triton-mixed", "Triton (gRPC, dynamic batching) vs in-process PyTorch, 8 mixed images (JPEG, PNG, "
-                                "grayscale, RGBA, CMYK JPEG, 16x16, 4000x3000, 16-bit PNG), efficientnet_lite0 with 2 "
-                                "test-time masks",
-                {"figure": "max \\|prob_fake diff\\| {max_prob_diff:.1e}", "test": "`tests/test_triton_e2e.py`"}),
+            Row(
+                "onnx-default",
+                "ONNX (FFT as MatMul) vs PyTorch fp32, the default detector (K = 0), batch 1 / 3 / 8",
+                {"figure": "max \\|logit diff\\| {max_abs_logit_diff:.1e}", "test": "`tests/test_demo.py`"},
+            ),
+            Row(
+                "onnx-resnet50",
+                "ONNX vs PyTorch fp32, ResNet-50 at 224 px (untrained weights), 2 test-time masks, batch 1 / 3 / 8",
+                {
+                    "figure": "max \\|logit diff\\|: MatMul {matmul:.1e}, `DFT` op {dft:.1e}",
+                    "test": "`tests/test_export.py`",
+                },
+            ),
+            Row(
+                "triton-mixed",
+                "Triton (gRPC, dynamic batching) vs in-process PyTorch, 8 mixed images (JPEG, PNG, "
+                "grayscale, RGBA, CMYK JPEG, 16x16, 4000x3000, 16-bit PNG), efficientnet_lite0 with 2 "
+                "test-time masks",
+                {"figure": "max \\|prob_fake diff\\| {max_prob_diff:.1e}", "test": "`tests/test_triton_e2e.py`"},
+            ),
         ),
     ),
     "cluster": Table(
         document="deploy/README.md",
         columns=(("what", ""), ("runs", "{runs}"), ("measured", "")),
         rows=(
-            Row("spread", "spread: 40 calls through the balancer, 2 replicas",
-                {"measured": "{r0} / {r1} per replica (each replica's own statistics), {errors} errors"}),
-            Row("failover", "failover: r1 SIGKILLed a quarter into 400 calls at concurrency 4, DetectorClient "
-                            "defaults (3 retries)",
-                {"measured": "{failed_calls} failed calls; {failed_attempts} failed attempts retried, the last "
-                             "{last_failure_s:.3f} s after the kill; r1 out of nginx's pool {left_s:.2f} s after the "
-                             "kill (active check)"}),
-            Row("rejoin", "rejoin: restart r1",
-                {"measured": "ready {ready_s:.2f} s after the restart; first call served {served_s:.2f} s after "
-                             "ready"}),
-            Row("one-vs-two", "1 vs 2 replicas, closed loop at concurrency 2 (short: 1 s windows)",
-                {"measured": "{one_rps:.0f} against {two_rps:.0f} req/s; server CPU per call {one_cpu_ms:.1f} "
-                             "against {two_cpu_ms:.1f} ms; machine busy {one_busy:.0%} / {two_busy:.0%}"}),
+            Row(
+                "spread",
+                "spread: 40 calls through the balancer, 2 replicas",
+                {"measured": "{r0} / {r1} per replica (each replica's own statistics), {errors} errors"},
+            ),
+            Row(
+                "failover",
+                "failover: r1 SIGKILLed a quarter into 400 calls at concurrency 4, DetectorClient defaults (3 retries)",
+                {
+                    "measured": "{failed_calls} failed calls; {failed_attempts} failed attempts retried, the last "
+                    "{last_failure_s:.3f} s after the kill; r1 out of nginx's pool {left_s:.2f} s after the "
+                    "kill (active check)"
+                },
+            ),
+            Row(
+                "rejoin",
+                "rejoin: restart r1",
+                {"measured": "ready {ready_s:.2f} s after the restart; first call served {served_s:.2f} s after ready"},
+            ),
+            Row(
+                "one-vs-two",
+                "1 vs 2 replicas, closed loop at concurrency 2 (short: 1 s windows)",
+                {
+                    "measured": "{one_rps:.0f} against {two_rps:.0f} req/s; server CPU per call {one_cpu_ms:.1f} "
+                    "against {two_cpu_ms:.1f} ms; machine busy {one_busy:.0%} / {two_busy:.0%}"
+                },
+            ),
         ),
     ),
     "edges": Table(
         document="triton_repo/README.md",
         columns=(("what", ""), ("runs", "{runs}"), ("measured", ""), ("test", "")),
         rows=(
-            Row("jpeg-flood", "8 callers flood header-lying JPEGs for 4 s; a 9th sends 1 MP photos",
-                {"measured": "{rejected} flood requests rejected; the 9th caller's median {flooded_median_ms:.0f} ms "
-                             "(max {flooded_max_ms:.0f} ms) against {quiet_median_ms:.0f} ms without the flood",
-                 "test": "`tests/test_hardening_inputs.py`"}),
-            Row("oversized-direct", "3 payloads of 40 MiB sent straight to tritonserver",
-                {"measured": "/dev/shm {shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB, kept after the rejection",
-                 "test": "`tests/test_hardening_protocol.py`"}),
-            Row("oversized-proxied", "45 + 5 payloads of 34 MiB through `make cluster`'s nginx (2 replicas)",
-                {"measured": "all refused (413); RSS {rss_before_mib:.0f} -> {rss_after_mib:.0f} MiB, /dev/shm "
-                             "{shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB",
-                 "test": "`tests/test_cluster.py`"}),
+            Row(
+                "jpeg-flood",
+                "8 callers flood header-lying JPEGs for 4 s; a 9th sends 1 MP photos",
+                {
+                    "measured": "{rejected} flood requests rejected; the 9th caller's median "
+                    "{flooded_median_ms:.0f} ms (max {flooded_max_ms:.0f} ms) against {quiet_median_ms:.0f} ms "
+                    "without the flood",
+                    "test": "`tests/test_hardening_inputs.py`",
+                },
+            ),
+            Row(
+                "oversized-direct",
+                "3 payloads of 40 MiB sent straight to tritonserver",
+                {
+                    "measured": "/dev/shm {shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB, kept after the rejection",
+                    "test": "`tests/test_hardening_protocol.py`",
+                },
+            ),
+            Row(
+                "oversized-proxied",
+                "45 + 5 payloads of 34 MiB through `make cluster`'s nginx (2 replicas)",
+                {
+                    "measured": "all refused (413); RSS {rss_before_mib:.0f} -> {rss_after_mib:.0f} MiB, /dev/shm "
+                    "{shm_before_mib:.0f} -> {shm_after_mib:.0f} MiB",
+                    "test": "`tests/test_cluster.py`",
+                },
+            ),
         ),
     ),
 }
@@ -146,8 +193,10 @@ TABLES: dict[str, Table] = {
 
 def render_fp16() -> str:
     """The FP16 table of ``triton_repo/GPU.md`` from the committed ``docs/fp16/default_k{0,2}.json`` reports."""
-    lines = ["| FFT stage | runtime | max \\|Δprob\\| | mean \\|Δprob\\| | max \\|Δlogit\\| | decisions agreeing |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| FFT stage | runtime | max \\|Δprob\\| | mean \\|Δprob\\| | max \\|Δlogit\\| | decisions agreeing |",
+        "|---|---|---|---|---|---|",
+    ]
     for masks in (0, 2):
         report = json.loads((ROOT / "docs" / "fp16" / f"default_k{masks}.json").read_text())
         for r in report["results"]:
@@ -157,8 +206,10 @@ def render_fp16() -> str:
                 lines.append(f"| K = {masks}, {r['fft_impl']} | {r['runtime']} | not run: {r['skipped']} | | | |")
                 continue
             stage = "none (K = 0, the shipped setting)" if masks == 0 else f"K = 2, {r['fft_impl']}"
-            lines.append(f"| {stage} | {r['runtime']} | {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
-                         f"{r['max_abs_logit_diff']:.3f} | {r['images'] - r['decisions_changed']} / {r['images']} |")
+            lines.append(
+                f"| {stage} | {r['runtime']} | {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
+                f"{r['max_abs_logit_diff']:.3f} | {r['images'] - r['decisions_changed']} / {r['images']} |"
+            )
     return "\n".join(lines)
 
 
@@ -167,8 +218,11 @@ def render_one_vs_two() -> str:
     import statistics
 
     report = json.loads((ROOT / "docs" / "deploy" / "one_vs_two.json").read_text())
-    lines = ["| replicas | concurrency | req/s per round | median | server CPU ms per request (median) | "
-             "machine busy (median) | calls per replica, last round |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| replicas | concurrency | req/s per round | median | server CPU ms per request (median) | "
+        "machine busy (median) | calls per replica, last round |",
+        "|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple[int, int], list[dict]] = {}
     for row in report["scaling"]:
         groups.setdefault((row["concurrency"], row["replicas"]), []).append(row)
@@ -177,10 +231,12 @@ def render_one_vs_two() -> str:
         calls = rows[-1]["per_replica"]
         total = sum(c["requests"] for c in calls.values()) or 1
         share = " / ".join(f"{100 * c['requests'] / total:.0f} %" for c in calls.values())
-        lines.append(f"| {replicas} | {concurrency} | {', '.join(f'{x:.0f}' for x in rates)} | "
-                     f"{statistics.median(rates):.0f} | "
-                     f"{statistics.median(r['server_cpu_ms_per_request'] for r in rows):.1f} | "
-                     f"{statistics.median(r['cpu_busy'] for r in rows):.0%} | {share} |")
+        lines.append(
+            f"| {replicas} | {concurrency} | {', '.join(f'{x:.0f}' for x in rates)} | "
+            f"{statistics.median(rates):.0f} | "
+            f"{statistics.median(r['server_cpu_ms_per_request'] for r in rows):.1f} | "
+            f"{statistics.median(r['cpu_busy'] for r in rows):.0%} | {share} |"
+        )
     return "\n".join(lines)
 
 
@@ -190,23 +246,40 @@ def render_ablation_runs() -> str:
     records = [json.loads(path.read_text()) for path in sorted(store.glob("*/seed*.json"))]
     records.sort(key=lambda r: (-r["metrics"]["benchmark"]["unseen"]["ap"], r["key"]["seed"]))
     families = sorted(records[0]["metrics"]["generators"])
-    header = ["training masking", "seed", "benchmark draw", "unseen AP", "unseen TPR at 5 % FPR",
-              "unseen reals called fake (%)", "`exif` reals called fake (%)", *families]
+    header = [
+        "training masking",
+        "seed",
+        "benchmark draw",
+        "unseen AP",
+        "unseen TPR at 5 % FPR",
+        "unseen reals called fake (%)",
+        "`exif` reals called fake (%)",
+        *families,
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         bench = r["metrics"]["benchmark"]
         draw = r["build"][:8] if re.fullmatch(r"[0-9a-f]{64}", r.get("build", "")) else "not recorded"
-        cells = [r["key"]["config"], str(r["key"]["seed"]), draw, f"{bench['unseen']['ap']:.3f}",
-                 f"{bench['unseen']['tpr_at_fpr_5']:.3f}", f"{100 * (1 - bench['unseen']['real_acc_calibrated']):.1f}",
-                 f"{100 * bench['real_sources']['exif']['fpr']:.1f}",
-                 *(f"{r['metrics']['generators'][f]['ap']:.3f}" for f in families)]
+        cells = [
+            r["key"]["config"],
+            str(r["key"]["seed"]),
+            draw,
+            f"{bench['unseen']['ap']:.3f}",
+            f"{bench['unseen']['tpr_at_fpr_5']:.3f}",
+            f"{100 * (1 - bench['unseen']['real_acc_calibrated']):.1f}",
+            f"{100 * bench['real_sources']['exif']['fpr']:.1f}",
+            *(f"{r['metrics']['generators'][f]['ap']:.3f}" for f in families),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # Blocks rendered from committed result files other than the tests' records: name -> (document, renderer).
-DERIVED = {"fp16": ("triton_repo/GPU.md", render_fp16), "one_vs_two": ("deploy/README.md", render_one_vs_two),
-           "ablation_runs": ("README.md", render_ablation_runs)}
+DERIVED = {
+    "fp16": ("triton_repo/GPU.md", render_fp16),
+    "one_vs_two": ("deploy/README.md", render_one_vs_two),
+    "ablation_runs": ("README.md", render_ablation_runs),
+}
 
 
 def record(table: str, row: str, **figures: object) -> None:
@@ -227,8 +300,9 @@ def record(table: str, row: str, **figures: object) -> None:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -29,17 +29,35 @@ def ablation_out(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _args(data: Path, out: Path, store: Path | None = None) -> list[str]:
-    return ["--data", str(data), "--out", str(out), "--seeds", "0,1", "--configs", f"none,{ablation.REFERENCE}",
-            "--test-time-masks", "0,1", "--train-flags", TINY_TRAINING, "--results", str(store or out / "store")]
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--seeds",
+        "0,1",
+        "--configs",
+        f"none,{ablation.REFERENCE}",
+        "--test-time-masks",
+        "0,1",
+        "--train-flags",
+        TINY_TRAINING,
+        "--results",
+        str(store or out / "store"),
+    ]
 
 
 def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_dataset: Path) -> None:
     report = json.loads((ablation_out / "ablation.json").read_text())
     assert report["seen_families"] == [TRAIN_FAMILY] and report["seeds"] == [0, 1]
     testing = sorted(p.name for p in (small_dataset / "testing").iterdir())
-    per_seed = {name: [json.loads((ablation_out / "runs" / ablation.slug(name) / f"seed{s}" / "eval" /
-                                   "metrics.json").read_text()) for s in (0, 1)]
-                for name in ("none", ablation.REFERENCE)}
+    per_seed = {
+        name: [
+            json.loads((ablation_out / "runs" / ablation.slug(name) / f"seed{s}" / "eval" / "metrics.json").read_text())
+            for s in (0, 1)
+        ]
+        for name in ("none", ablation.REFERENCE)
+    }
     for name, runs in per_seed.items():
         row = report["configs"][name]
         assert row["seeds"] == 2
@@ -51,7 +69,7 @@ def test_report_aggregates_every_seed_of_every_config(ablation_out: Path, small_
         assert row["unseen_ap"][0] == pytest.approx(expected)
         assert row["seen_ap"][0] == pytest.approx(sum(m["generators"][TRAIN_FAMILY]["ap"] for m in runs) / 2)
         # The spread is the sample standard deviation over seeds: for two values, |a - b| / sqrt(2).
-        assert row["unseen_ap"][1] == pytest.approx(abs(per_run[0] - per_run[1]) / 2 ** 0.5)
+        assert row["unseen_ap"][1] == pytest.approx(abs(per_run[0] - per_run[1]) / 2**0.5)
     # The test-time sweep comes from the reference config only, one row per K.
     assert list(report["test_time_masking"]) == ["0", "1"]
     assert [r["masks"] for r in per_seed[ablation.REFERENCE][1]["test_time_masking"]] == [0, 1]
@@ -75,13 +93,15 @@ def test_rerun_reuses_every_run(ablation_out: Path, small_dataset: Path) -> None
     assert [p.stat().st_mtime_ns for p in metrics] == stamps
 
 
-def test_results_store_completes_the_ablation_on_another_machine(ablation_out: Path, small_dataset: Path,
-                                                                 tmp_path: Path) -> None:
+def test_results_store_completes_the_ablation_on_another_machine(
+    ablation_out: Path, small_dataset: Path, tmp_path: Path
+) -> None:
     """A fresh output folder with only the committed store: nothing is trained, and the report is the same."""
     store = ablation_out / "store"
     records = sorted(store.glob("*/seed*.json"))
     assert [p.relative_to(store).as_posix() for p in records] == sorted(
-        f"{ablation.slug(n)}/seed{s}.json" for n in ("none", ablation.REFERENCE) for s in (0, 1))
+        f"{ablation.slug(n)}/seed{s}.json" for n in ("none", ablation.REFERENCE) for s in (0, 1)
+    )
     record = json.loads(records[0].read_text())
     key = record["key"]
     assert key["benchmark"] == ablation.benchmark_identity(small_dataset) and "--mask" in key["train_flags"]
@@ -98,9 +118,16 @@ def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Pa
     store = ablation_out / "store"
     masking = next(c for c in ablation.CONFIGS if c.name == "none")
     cfg = ablation.AblationConfig(
-        data=small_dataset, out=ablation_out, seeds=(0,), configs=(masking,), train_flags=tuple(TINY_TRAINING.split()),
-        seen_families=(TRAIN_FAMILY,), test_time_masks=(0, 1), results=store,
-        benchmark=ablation.benchmark_identity(small_dataset))
+        data=small_dataset,
+        out=ablation_out,
+        seeds=(0,),
+        configs=(masking,),
+        train_flags=tuple(TINY_TRAINING.split()),
+        seen_families=(TRAIN_FAMILY,),
+        test_time_masks=(0, 1),
+        results=store,
+        benchmark=ablation.benchmark_identity(small_dataset),
+    )
     assert ablation.stored_metrics(cfg, masking, 0) is not None
     other_data = ablation.AblationConfig(**{**cfg.__dict__, "benchmark": "0" * 64})
     assert ablation.stored_metrics(other_data, masking, 0) is None

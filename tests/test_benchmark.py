@@ -61,15 +61,28 @@ def manifest(small_dataset: Path) -> dict:
 
 
 def tiny_config(out: Path, seed: int = 0, workers: int = 1) -> BuildConfig:
-    return BuildConfig.preset(Profile.SMALL, out=out, seed=seed, image_size=32, training_crops=8,
-                              validation_crops=4, testing_crops=4, generator_steps=0.01,
-                              test_families=("gan_progressive", "vae", "ddim", "inpainting"),
-                              cache_dir=out.parent / f"cache-{out.name}", workers=workers)
+    return BuildConfig.preset(
+        Profile.SMALL,
+        out=out,
+        seed=seed,
+        image_size=32,
+        training_crops=8,
+        validation_crops=4,
+        testing_crops=4,
+        generator_steps=0.01,
+        test_families=("gan_progressive", "vae", "ddim", "inpainting"),
+        cache_dir=out.parent / f"cache-{out.name}",
+        workers=workers,
+    )
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for split in Split for p in sorted((root / split.value).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for split in Split
+        for p in sorted((root / split.value).rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------ photo sources
@@ -91,8 +104,11 @@ def test_photo_table_has_many_sources_split_by_source() -> None:
 
 def test_assign_sources_needs_every_split() -> None:
     fixed = {"a": Split.TRAINING, "b": Split.VALIDATION, "c": Split.TESTING}
-    assert assign_sources(["c", "a", "b"], fixed) == {Split.TRAINING: ["a"], Split.VALIDATION: ["b"],
-                                                      Split.TESTING: ["c"]}
+    assert assign_sources(["c", "a", "b"], fixed) == {
+        Split.TRAINING: ["a"],
+        Split.VALIDATION: ["b"],
+        Split.TESTING: ["c"],
+    }
     with pytest.raises(ValueError, match="testing"):
         assign_sources(["a", "b"], fixed)
 
@@ -113,8 +129,11 @@ def test_fetch_checks_every_file_against_its_sha256(tmp_path: Path) -> None:
 
 def test_layout_counts_and_records(small_dataset: Path, manifest: dict) -> None:
     assert manifest["complete"] is True and manifest["warnings"] == []
-    assert manifest["families"] == {"training": [TRAIN_FAMILY], "validation": [TRAIN_FAMILY],
-                                    "testing": list(ALL_FAMILIES)}
+    assert manifest["families"] == {
+        "training": [TRAIN_FAMILY],
+        "validation": [TRAIN_FAMILY],
+        "testing": list(ALL_FAMILIES),
+    }
     assert manifest["unseen_families"] == [f for f in ALL_FAMILIES if f != TRAIN_FAMILY]
     expected = {"training": 96, "validation": 32, "testing": 32}
     for split, families in manifest["families"].items():
@@ -122,8 +141,12 @@ def test_layout_counts_and_records(small_dataset: Path, manifest: dict) -> None:
             for label in (REAL_DIR, FAKE_DIR):
                 files = list((small_dataset / split / family / label).iterdir())
                 assert len(files) == expected[split] == manifest["counts"][split][family][label]
-    on_disk = {str(p.relative_to(small_dataset)) for split in Split
-               for p in (small_dataset / split.value).rglob("*") if p.is_file()}
+    on_disk = {
+        str(p.relative_to(small_dataset))
+        for split in Split
+        for p in (small_dataset / split.value).rglob("*")
+        if p.is_file()
+    }
     assert on_disk == {r["path"] for r in manifest["files"]}
     assert set(manifest["mechanisms"]) == {m.value for m in Mechanism}
 
@@ -142,10 +165,15 @@ def test_no_source_and_no_photo_in_two_splits(manifest: dict) -> None:
     assert photo_splits and all(len(s) == 1 for s in photo_splits.values())
     listed = {p["name"]: p["split"] for p in manifest["photos"]}
     assert all(listed[photo] == next(iter(s)) for photo, s in photo_splits.items())
-    used = {split: {s["name"] for s in manifest["sources"] if s["split"] == split} for split in ("training",
-                                                                                           "validation", "testing")}
-    assert not (used["training"] & used["validation"] or used["training"] & used["testing"]
-                or used["validation"] & used["testing"])
+    used = {
+        split: {s["name"] for s in manifest["sources"] if s["split"] == split}
+        for split in ("training", "validation", "testing")
+    }
+    assert not (
+        used["training"] & used["validation"]
+        or used["training"] & used["testing"]
+        or used["validation"] & used["testing"]
+    )
 
 
 def test_both_classes_share_size_and_the_same_postprocessing(small_dataset: Path, manifest: dict) -> None:
@@ -161,8 +189,9 @@ def test_both_classes_share_size_and_the_same_postprocessing(small_dataset: Path
     assert formats["jpeg"] and formats["png"]
     for record in manifest["files"][:: max(1, len(manifest["files"]) // 200)]:
         with Image.open(small_dataset / record["path"]) as img:
-            assert img.size == (64, 64) and img.format == {"jpeg": "JPEG", "png": "PNG"}[
-                record["postprocess"]["format"]]
+            assert (
+                img.size == (64, 64) and img.format == {"jpeg": "JPEG", "png": "PNG"}[record["postprocess"]["format"]]
+            )
 
 
 def test_fakes_are_made_not_copied(small_dataset: Path) -> None:
@@ -280,8 +309,9 @@ def test_every_trained_family_trains_caches_and_reloads(name: str, tmp_path: Pat
     assert np.array_equal(fakes, make_fakes(name, again, crops[:3], 3, 48, seed=1))
     for other in FAMILIES.values():
         if other.network_of == name:
-            assert make_fakes(next(n for n, s in FAMILIES.items() if s is other), model, crops[:3], 3, 48,
-                              seed=1).shape == (3, 48, 48, 3)
+            assert make_fakes(
+                next(n for n, s in FAMILIES.items() if s is other), model, crops[:3], 3, 48, seed=1
+            ).shape == (3, 48, 48, 3)
 
 
 def test_families_differ_in_mechanism_and_architecture() -> None:
@@ -335,12 +365,12 @@ def test_command_line_profiles(tmp_path: Path) -> None:
     default = cli.config_from_args(parse(["--out", str(tmp_path)]))
     assert default.identity() == BuildConfig.preset(Profile.FULL, out=tmp_path).identity()
     assert default.image_size >= 128 and default.test_families == ALL_FAMILIES
-    custom = cli.config_from_args(parse(["--out", str(tmp_path), "--jpeg-share", "0.3", "--test-families",
-                                         "vae", "ddpm"]))
+    custom = cli.config_from_args(
+        parse(["--out", str(tmp_path), "--jpeg-share", "0.3", "--test-families", "vae", "ddpm"])
+    )
     assert custom.postprocess.jpeg_share == 0.3 and custom.test_families == ("vae", "ddpm")
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--test-families", "nope"])
-
 
 
 def test_mosaics_place_fake_tiles_as_their_arrangement_says(small_dataset: Path, tmp_path: Path) -> None:
@@ -363,9 +393,13 @@ def test_mosaics_place_fake_tiles_as_their_arrangement_says(small_dataset: Path,
                 assert real.shape == fake.shape == (side, side, 3)
                 changed = (real != fake).any(axis=2)
                 # Which thirds of the mosaic changed: a tile spans about a third of it (offset < a twelfth).
-                centre = changed[side // 2 - 2:side // 2 + 2, side // 2 - 2:side // 2 + 2].any()
-                corners = [changed[:4, :4].any(), changed[:4, -4:].any(), changed[-4:, :4].any(),
-                           changed[-4:, -4:].any()]
+                centre = changed[side // 2 - 2 : side // 2 + 2, side // 2 - 2 : side // 2 + 2].any()
+                corners = [
+                    changed[:4, :4].any(),
+                    changed[:4, -4:].any(),
+                    changed[-4:, :4].any(),
+                    changed[-4:, -4:].any(),
+                ]
                 if arrangement == "whole":
                     assert centre and all(corners)
                 elif arrangement == "surround":
@@ -376,7 +410,8 @@ def test_mosaics_place_fake_tiles_as_their_arrangement_says(small_dataset: Path,
     assert len(set(reals)) == 1  # the same real mosaics in every arrangement
     for arrangement in ARRANGEMENTS:
         assert sorted(p.name for p in (out / f"validation_{arrangement}").iterdir()) == sorted(
-            p.name for p in (small_dataset / "validation").iterdir() if p.is_dir())
+            p.name for p in (small_dataset / "validation").iterdir() if p.is_dir()
+        )
     again = build_mosaics(MosaicConfig(small_dataset, tmp_path / "again", per_class=3, validation_per_class=2))
     for path in sorted(out.rglob("*.png")):
         assert path.read_bytes() == (again / path.relative_to(out)).read_bytes(), path

@@ -108,8 +108,9 @@ def test_timeout_and_unknown_model(triton_server, mixed_images):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "client", *args], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args], capture_output=True, text=True, env=env, timeout=120, cwd=REPO_ROOT
+    )
 
 
 def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
@@ -131,8 +132,7 @@ def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
         assert record["threshold"] == pytest.approx(metadata["threshold"]["value"], rel=1e-5)
         assert record["is_fake"] == (record["prob_fake"] >= record["threshold"])
         expected = _expected(triton_server.grpc_url, Path(record["path"]).read_bytes())
-        assert record["prob_fake"] == pytest.approx(expected,
-                                                    abs=1e-6)
+        assert record["prob_fake"] == pytest.approx(expected, abs=1e-6)
 
     (good / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     proc = _cli("classify", str(good), "--url", triton_server.grpc_url, "--json")

@@ -246,7 +246,11 @@ def test_async_retry_follows_the_same_policy():
 def test_config_defaults_and_validation():
     config = ClientConfig()
     assert (config.url, config.model_name, config.timeout_s, config.retries, config.max_in_flight) == (
-        "127.0.0.1:8001", MODEL, 30.0, 3, 16
+        "127.0.0.1:8001",
+        MODEL,
+        30.0,
+        3,
+        16,
     )
     with pytest.raises(ValueError, match="ssl=True"):
         ClientConfig(root_certificates="ca.pem")
@@ -260,20 +264,37 @@ def test_config_defaults_and_validation():
         config.url = "elsewhere:1"  # frozen
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("detector.internal", "detector.internal:8001"), ("10.0.0.7:9001", "10.0.0.7:9001"),
-    ("grpc://10.0.0.7:9001", "10.0.0.7:9001"), ("grpc://host", "host:8001"), ("GRPC://host:1/", "host:1"),
-    ("[::1]:8001", "[::1]:8001"), ("[::1]", "[::1]:8001"), (" host:8001 ", "host:8001"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("detector.internal", "detector.internal:8001"),
+        ("10.0.0.7:9001", "10.0.0.7:9001"),
+        ("grpc://10.0.0.7:9001", "10.0.0.7:9001"),
+        ("grpc://host", "host:8001"),
+        ("GRPC://host:1/", "host:1"),
+        ("[::1]:8001", "[::1]:8001"),
+        ("[::1]", "[::1]:8001"),
+        (" host:8001 ", "host:8001"),
+    ],
+)
 def test_url_forms(given: str, expected: str):
     assert ClientConfig(url=given).url == expected
 
 
-@pytest.mark.parametrize("given, reason", [
-    ("http://127.0.0.1:8001", "speaks gRPC.*127.0.0.1:8001"), ("https://h:8000/v2", "speaks gRPC"),
-    ("", "empty"), ("host:port", "1..65535"), ("host:0", "1..65535"), ("host:70000", "1..65535"),
-    ("ftp://host", "unknown scheme"), ("host:8001/v2/models", "without a path"), (":8001", "no host"),
-])
+@pytest.mark.parametrize(
+    "given, reason",
+    [
+        ("http://127.0.0.1:8001", "speaks gRPC.*127.0.0.1:8001"),
+        ("https://h:8000/v2", "speaks gRPC"),
+        ("", "empty"),
+        ("host:port", "1..65535"),
+        ("host:0", "1..65535"),
+        ("host:70000", "1..65535"),
+        ("ftp://host", "unknown scheme"),
+        ("host:8001/v2/models", "without a path"),
+        (":8001", "no host"),
+    ],
+)
 def test_url_forms_refused_with_the_reason(given: str, reason: str):
     with pytest.raises(ValueError, match=reason):
         ClientConfig(url=given)
@@ -330,8 +351,19 @@ def test_async_client_unreachable_server():
 
 
 def test_directory_walk_finds_images_recursively(tmp_path):
-    for name in ("a.jpg", "b.PNG", "notes.txt", "sub/c.JpEg", "sub/deeper/d.webp", "sub/deeper/e.tiff",
-                 "sub/f.gif", "sub/g.bmp", "sub/h.TIF", "sub/model.onnx", "sub/noext"):
+    for name in (
+        "a.jpg",
+        "b.PNG",
+        "notes.txt",
+        "sub/c.JpEg",
+        "sub/deeper/d.webp",
+        "sub/deeper/e.tiff",
+        "sub/f.gif",
+        "sub/g.bmp",
+        "sub/h.TIF",
+        "sub/model.onnx",
+        "sub/noext",
+    ):
         path = tmp_path / "images" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
@@ -382,7 +414,11 @@ def test_text_line_format():
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "client", *args], capture_output=True, text=True, env=env, timeout=timeout,
+        [sys.executable, "-m", "client", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
         cwd=REPO_ROOT,
     )
 

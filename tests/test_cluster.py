@@ -110,8 +110,10 @@ def test_calls_spread_over_replicas(cluster: Cluster):
 def _replica_memory(cluster: Cluster) -> tuple[int, int]:
     """(resident bytes of every replica's server and stubs, bytes of their /dev/shm regions)."""
     servers = [r.server for r in cluster.replicas if r.server is not None]
-    return (sum(s.rss_bytes() for s in servers),
-            sum(os.path.getsize(f) for s in servers for f in s.shm_files() if os.path.exists(f)))
+    return (
+        sum(s.rss_bytes() for s in servers),
+        sum(os.path.getsize(f) for s in servers for f in s.shm_files() if os.path.exists(f)),
+    )
 
 
 def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: Cluster):
@@ -142,17 +144,28 @@ def test_oversized_requests_are_refused_before_a_replica_buffers_them(cluster: C
             refusals.append(str(caught.value))
         assert infer(raw, good).as_numpy("PROB_FAKE").shape == (1, 1)
     for _ in range(5):
-        request = urllib.request.Request(f"http://{cluster.http_url}/v2/models/deepfake_detector/infer",
-                                         data=oversized, method="POST",
-                                         headers={"Content-Type": "application/octet-stream"})
+        request = urllib.request.Request(
+            f"http://{cluster.http_url}/v2/models/deepfake_detector/infer",
+            data=oversized,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
         with pytest.raises(urllib.error.HTTPError) as http_caught:
             urllib.request.urlopen(request, timeout=60)
         assert http_caught.value.code == 413
     rss_after, shm_after = _replica_memory(cluster)
-    print(f"50 oversized requests: replicas' RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, /dev/shm "
-          f"{shm_before / 2**20:.0f} -> {shm_after / 2**20:.0f} MiB; gRPC error: {refusals[0][:120]}")
-    record("edges", "oversized-proxied", rss_before_mib=rss_before / 2**20, rss_after_mib=rss_after / 2**20,
-           shm_before_mib=shm_before / 2**20, shm_after_mib=shm_after / 2**20)
+    print(
+        f"50 oversized requests: replicas' RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, /dev/shm "
+        f"{shm_before / 2**20:.0f} -> {shm_after / 2**20:.0f} MiB; gRPC error: {refusals[0][:120]}"
+    )
+    record(
+        "edges",
+        "oversized-proxied",
+        rss_before_mib=rss_before / 2**20,
+        rss_after_mib=rss_after / 2**20,
+        shm_before_mib=shm_before / 2**20,
+        shm_after_mib=shm_after / 2**20,
+    )
     assert all("413" in r or "RESOURCE_EXHAUSTED" in r.upper() for r in refusals), refusals[:3]
     assert rss_after <= 1.1 * rss_before and shm_after <= 1.1 * shm_before
 
@@ -170,8 +183,10 @@ def test_a_cut_chunked_body_is_dropped_by_the_balancer(cluster: Cluster):
 
     host, port = cluster.http_url.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as raw:
-        raw.sendall(b"POST /v2/models/deepfake_detector/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                    b"Content-Type: application/json\r\n\r\n10\r\n{\"inputs\": [")
+        raw.sendall(
+            b"POST /v2/models/deepfake_detector/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b'Content-Type: application/json\r\n\r\n10\r\n{"inputs": ['
+        )
         began = time.monotonic()
         answer = b""
         while chunk := raw.recv(4096):
@@ -187,11 +202,37 @@ def test_a_cut_chunked_body_is_dropped_by_the_balancer(cluster: Cluster):
 def test_perf_runs_unchanged_through_the_balancer(cluster: Cluster, tmp_path: Path):
     out = tmp_path / "perf.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--url", cluster.grpc_url, "--concurrency", "2",
-         "--window", "1", "--warmup", "0.5", "--duration", "3", "--num-images", "8", "--payload-profile", "square",
-         "--image-size", "128",
-         "--json", str(out), "--csv", "", "--plot", ""],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "perf.py"),
+            "--url",
+            cluster.grpc_url,
+            "--concurrency",
+            "2",
+            "--window",
+            "1",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "3",
+            "--num-images",
+            "8",
+            "--payload-profile",
+            "square",
+            "--image-size",
+            "128",
+            "--json",
+            str(out),
+            "--csv",
+            "",
+            "--plot",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run,) = json.loads(out.read_text())["runs"]
     assert run["errors"] == 0 and run["samples"] > 10 and run["throughput_ips"] > 0
@@ -202,9 +243,16 @@ def test_one_vs_n_replicas_report(cluster: Cluster):
     rows = scaling(cluster, _payloads(), [2], WindowPolicy(window_s=1.0, warmup_s=0.5, max_windows=3))
     print("\n" + format_scaling(rows))
     one, both = rows
-    record("cluster", "one-vs-two", one_rps=one.throughput_rps, two_rps=both.throughput_rps,
-           one_cpu_ms=one.server_cpu_ms_per_request, two_cpu_ms=both.server_cpu_ms_per_request,
-           one_busy=one.cpu_busy, two_busy=both.cpu_busy)
+    record(
+        "cluster",
+        "one-vs-two",
+        one_rps=one.throughput_rps,
+        two_rps=both.throughput_rps,
+        one_cpu_ms=one.server_cpu_ms_per_request,
+        two_cpu_ms=both.server_cpu_ms_per_request,
+        one_busy=one.cpu_busy,
+        two_busy=both.cpu_busy,
+    )
     assert (one.replicas, both.replicas) == (1, 2)
     assert one.errors == 0 and both.errors == 0 and one.throughput_rps > 0 and both.throughput_rps > 0
     assert one.server_cpu_ms_per_request > 0 and both.server_cpu_ms_per_request > 0
@@ -321,14 +369,22 @@ def test_failover_kill_one_replica_under_load(cluster: Cluster):
         load.join()
     assert served is not None, f"r1 got no call within {REJOIN_BOUND_S} s of being ready"
     assert cluster.pool() == {0, 1}
-    record("cluster", "failover", failed_calls=len(errors), failed_attempts=len(failover), last_failure_s=window,
-           left_s=left[0])
+    record(
+        "cluster",
+        "failover",
+        failed_calls=len(errors),
+        failed_attempts=len(failover),
+        last_failure_s=window,
+        left_s=left[0],
+    )
     record("cluster", "rejoin", ready_s=ready - restart, served_s=served - ready)
-    print(f"\nfailover ({cluster.network_note}; {os.cpu_count()} cores): {total} calls in {elapsed:.1f} s, "
-          f"{len(errors)} failed after retries (overload only), {len(failover)} failed attempts retried by the "
-          f"client, the last {window:.3f} s after the kill ({shed} overload rejections by the survivor, retried "
-          f"too); r1 left the pool {left[0]:.2f} s after the kill; restart -> ready {ready - restart:.2f} s, "
-          f"ready -> first call served {served - ready:.2f} s")
+    print(
+        f"\nfailover ({cluster.network_note}; {os.cpu_count()} cores): {total} calls in {elapsed:.1f} s, "
+        f"{len(errors)} failed after retries (overload only), {len(failover)} failed attempts retried by the "
+        f"client, the last {window:.3f} s after the kill ({shed} overload rejections by the survivor, retried "
+        f"too); r1 left the pool {left[0]:.2f} s after the kill; restart -> ready {ready - restart:.2f} s, "
+        f"ready -> first call served {served - ready:.2f} s"
+    )
 
 
 def test_loopback_ports_without_namespaces(cpu_repository: Path):
@@ -355,11 +411,16 @@ def test_stale_cluster_is_cleaned_up(tmp_path: Path):
         pytest.skip(f"network namespaces are not permitted here (NOT a pass): {exc}")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    state = {"id": network.cluster_id, "pid": dead.pid, "processes": [], "workdirs": [],
-             "namespaces": network.namespaces, "links": network.links}
+    state = {
+        "id": network.cluster_id,
+        "pid": dead.pid,
+        "processes": [],
+        "workdirs": [],
+        "namespaces": network.namespaces,
+        "links": network.links,
+    }
     (tmp_path / f"{network.cluster_id}.json").write_text(json.dumps(state))
     assert cleanup_stale(tmp_path) == [network.cluster_id]
-    assert network.namespaces[0] not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                       text=True).stdout
+    assert network.namespaces[0] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", network.bridge], capture_output=True).returncode != 0
     assert not list(tmp_path.glob("*.json"))

@@ -145,9 +145,16 @@ def _onnx_stage(impl: FFTImpl, masks: np.ndarray | None, size: int, tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            stage, (torch.zeros(2, 3, size, size),), str(path), input_names=["x"], output_names=["y"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=20, dynamo=True,
-            external_data=False, verbose=False,
+            stage,
+            (torch.zeros(2, 3, size, size),),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            opset_version=20,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ("DFT" in ops) == (impl is FFTImpl.FFT and masks is not None), ops
@@ -235,7 +242,10 @@ def test_the_clients_wire_names_are_the_contracts():
     assert detector_client.INPUT_NAME == names.IMAGE_BYTES
     assert set(detector_client.OUTPUT_NAMES) == set(names.OUTPUTS)
     assert (detector_client.OUTPUT_PROB, detector_client.OUTPUT_IS_FAKE, detector_client.OUTPUT_LOGIT) == (
-        names.PROB_FAKE, names.IS_FAKE, names.LOGIT)
+        names.PROB_FAKE,
+        names.IS_FAKE,
+        names.LOGIT,
+    )
 
 
 def test_no_project_module_outside_core_spells_a_tensor_name():
@@ -307,8 +317,8 @@ def test_crop_windows_spread_from_edge_to_edge(shape: tuple[int, int], crops: in
     if crops == 1:
         np.testing.assert_array_equal(windows[0], center_crop_or_pad(img, size))
     else:
-        lefts = sorted({b[0] for b in boxes[:n * n]})
-        tops = sorted({b[1] for b in boxes[:n * n]})
+        lefts = sorted({b[0] for b in boxes[: n * n]})
+        tops = sorted({b[1] for b in boxes[: n * n]})
         assert lefts[0] == 0 and lefts[-1] == max(0, shape[1] - 128)  # edge to edge
         assert tops[0] == 0 and tops[-1] == max(0, shape[0] - 128)
     if crops == n * n + 1:

@@ -60,8 +60,9 @@ def test_documented_table_is_the_committed_evaluation(document: str) -> None:
         m = METRICS["generators"][family]
         cells = rows[family]
         numbers = [float(x) for x in cells[-4:]]
-        assert numbers == pytest.approx([round(100 * m[k], 1) for k in ("ap", "acc_calibrated", "tpr_at_fpr_1",
-                                                                         "tpr_at_fpr_5")], abs=0.051), family
+        assert numbers == pytest.approx(
+            [round(100 * m[k], 1) for k in ("ap", "acc_calibrated", "tpr_at_fpr_1", "tpr_at_fpr_5")], abs=0.051
+        ), family
         assert ("yes" in cells[0]) == (family == TRAIN_FAMILY)
 
 
@@ -84,7 +85,7 @@ def test_readme_prose_figures_are_the_committed_evaluation() -> None:
     """The README's sentences about the default detector: its threshold, the false positives per testing source,
     the unseen mean AP against the target and after JPEG 75."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## The default detector"):readme.index("## The paper's ablation")]
+    section = readme[readme.index("## The default detector") : readme.index("## The paper's ablation")]
     bench = METRICS["benchmark"]
     assert f"threshold {METRICS['threshold']:.4f} calibrated" in section
     per_source = ", ".join(f"{name} {100 * s['fpr']:.1f} %" for name, s in sorted(bench["real_sources"].items()))

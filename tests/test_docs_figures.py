@@ -19,7 +19,8 @@ def test_document_table_is_the_rendering_of_its_record(name: str) -> None:
     blocks = figures.block_pattern(name).findall(text)
     assert len(blocks) == 1, f"{spec.document} must hold exactly one <!-- figures:{name} --> block"
     assert blocks[0][1] == figures.render(name), (
-        f"{spec.document}'s {name} table is not its record's rendering: run `python -m tests.figures`")
+        f"{spec.document}'s {name} table is not its record's rendering: run `python -m tests.figures`"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(figures.DERIVED))
@@ -64,7 +65,7 @@ def test_cells_show_the_range_over_runs() -> None:
 # ------------------------------------------------------------------ README figures typed from committed result files
 def _readme_section(start: str, end: str) -> str:
     readme = (figures.ROOT / "README.md").read_text()
-    return readme[readme.index(start):readme.index(end)]
+    return readme[readme.index(start) : readme.index(end)]
 
 
 def _perf_runs(name: str) -> list[dict]:
@@ -72,8 +73,11 @@ def _perf_runs(name: str) -> list[dict]:
 
 
 def _run(runs: list[dict], backend: str, protocol: str, concurrency: int, batch: int) -> dict:
-    return next(r for r in runs if (r["backend"], r["protocol"], r["concurrency"], r["batch_size"])
-                == (backend, protocol, concurrency, batch))
+    return next(
+        r
+        for r in runs
+        if (r["backend"], r["protocol"], r["concurrency"], r["batch_size"]) == (backend, protocol, concurrency, batch)
+    )
 
 
 def test_readme_decode_table_is_the_committed_decode_reports() -> None:
@@ -90,7 +94,8 @@ def test_readme_decode_table_is_the_committed_decode_reports() -> None:
         low, high = band["megapixels"]
         assert label.strip() in (f"{low:g} to {high:g}", f">= {low:g}"), (label, band["megapixels"])
         assert [float(full), float(crop), float(speedup)] == pytest.approx(
-            [band["full_ms"], band["crop_first_ms"], band["speedup"]], abs=0.051), label
+            [band["full_ms"], band["crop_first_ms"], band["speedup"]], abs=0.051
+        ), label
 
 
 def test_readme_throughput_targets_are_computed_from_the_shipped_run() -> None:
@@ -119,8 +124,10 @@ def test_readme_server_stage_times_are_the_shipped_runs_statistics() -> None:
     server = _run(_perf_runs("photos_crop_first.json"), "triton", "grpc", 1, 1)["server"]
     pre, det = server["preprocess"], server["detector"]
     queue_ms = pre["queue_us"] / 1e3
-    expected = (f"`preprocess` computes for {pre['compute_infer_us'] / 1e3:.1f} ms and the detector for\n"
-                f"{det['compute_infer_us'] / 1e3:.1f} ms; each queue holds a request for {queue_ms:.1f} ms")
+    expected = (
+        f"`preprocess` computes for {pre['compute_infer_us'] / 1e3:.1f} ms and the detector for\n"
+        f"{det['compute_infer_us'] / 1e3:.1f} ms; each queue holds a request for {queue_ms:.1f} ms"
+    )
     assert expected in section, expected
     assert f"{det['queue_us'] / 1e3:.1f}" == f"{pre['queue_us'] / 1e3:.1f}", "the two queues differ: say both"
 
@@ -142,11 +149,16 @@ def test_readme_fp16_table_is_the_committed_reports() -> None:
 
     def cells(report: dict, impl: str) -> str:
         r = next(x for x in report["results"] if x["fft_impl"] == impl and x["runtime"] == "onnxruntime-cpu")
-        return (f"| {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
-                f"{r['images'] - r['decisions_changed']}/{r['images']} |")
+        return (
+            f"| {r['max_abs_prob_diff']:.4f} | {r['mean_abs_prob_diff']:.5f} | "
+            f"{r['images'] - r['decisions_changed']}/{r['images']} |"
+        )
 
-    for label, k, impl in (("none (K = 0, the shipped setting)", 0, "matmul"), ("K = 2, MatMul", 2, "matmul"),
-                           ("K = 2, `DFT` op", 2, "dft")):
+    for label, k, impl in (
+        ("none (K = 0, the shipped setting)", 0, "matmul"),
+        ("K = 2, MatMul", 2, "matmul"),
+        ("K = 2, `DFT` op", 2, "dft"),
+    ):
         assert f"| {label} {cells(reports[k], impl)}" in section, label
 
 
@@ -172,8 +184,18 @@ def test_readme_generator_table_is_the_committed_build() -> None:
     assert f"the {build['generators']['ddpm']['train_seconds']:.0f} s the DDPM took to train" in profiles
 
 
-@pytest.mark.parametrize("document", ["README.md", "triton_repo/README.md", "triton_repo/GPU.md", "deploy/README.md",
-                                      "detectors/README.md", "docs/architecture.md", "CHANGELOG.md"])
+@pytest.mark.parametrize(
+    "document",
+    [
+        "README.md",
+        "triton_repo/README.md",
+        "triton_repo/GPU.md",
+        "deploy/README.md",
+        "detectors/README.md",
+        "docs/architecture.md",
+        "CHANGELOG.md",
+    ],
+)
 def test_every_result_file_a_document_names_is_committed(document: str) -> None:
     """A figure's source named as `docs/...` or `detectors/...` exists in the repository."""
     import re

@@ -58,9 +58,12 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_checkpoint(path: Path, masks: int = 0, threshold: Threshold | None = None) -> Path:
     """efficientnet_lite0 with ImageNet weights and a seeded, untrained head."""
     torch.manual_seed(0)
-    metadata = DetectorMetadata(backbone="efficientnet_lite0", input_size=SIZE,
-                                fft_stage=FFTStageConfig(masks=masks, per_channel=True, seed=2),
-                                threshold=threshold or Threshold())
+    metadata = DetectorMetadata(
+        backbone="efficientnet_lite0",
+        input_size=SIZE,
+        fft_stage=FFTStageConfig(masks=masks, per_channel=True, seed=2),
+        threshold=threshold or Threshold(),
+    )
     return save_checkpoint(Detector(metadata, pretrained=True), path)
 
 
@@ -129,10 +132,16 @@ def test_binary_metrics_keys_and_values() -> None:
     # The keys and meaning of training.train's validation metrics, so the trainer can use this implementation.
     probs, labels = scores_and_labels(4)
     pred = probs >= 0.4
-    assert M.binary_metrics(probs, labels, 0.4) == pytest.approx({
-        "acc": np.mean(pred == labels), "real_acc": np.mean(~pred[labels == 0]),
-        "fake_acc": np.mean(pred[labels == 1]), "ap": average_precision_score(labels, probs),
-        "auc": roc_auc_score(labels, probs)}, abs=1e-12)
+    assert M.binary_metrics(probs, labels, 0.4) == pytest.approx(
+        {
+            "acc": np.mean(pred == labels),
+            "real_acc": np.mean(~pred[labels == 0]),
+            "fake_acc": np.mean(pred[labels == 1]),
+            "ap": average_precision_score(labels, probs),
+            "auc": roc_auc_score(labels, probs),
+        },
+        abs=1e-12,
+    )
 
 
 def test_ece_and_temperature_scaling() -> None:
@@ -161,7 +170,7 @@ def write_images(root: Path) -> list[Path]:
     folders = ["testing/gen_a/0_real", "testing/gen_a/1_fake", "testing/gen_b/cat/0_real", "testing/gen_b/cat/1_fake"]
     for f, folder in enumerate(folders):
         (root / folder).mkdir(parents=True)
-        for i, (h, w) in enumerate(sizes[f: f + 3]):
+        for i, (h, w) in enumerate(sizes[f : f + 3]):
             img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
             path = root / folder / (f"{i}.jpg" if i == 1 else f"{i}.png")
             img.save(path, **({"quality": 92} if path.suffix == ".jpg" else {}))
@@ -174,8 +183,9 @@ def reference_logits(model: Detector, paths: list[Path], masks: np.ndarray | Non
     from torchvision import transforms
 
     meta = model.metadata
-    transform = transforms.Compose([transforms.CenterCrop(meta.input_size), transforms.ToTensor(),
-                                    transforms.Normalize(meta.mean, meta.std)])
+    transform = transforms.Compose(
+        [transforms.CenterCrop(meta.input_size), transforms.ToTensor(), transforms.Normalize(meta.mean, meta.std)]
+    )
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     views = torch.from_numpy(apply_fft_stage(x.numpy(), masks))  # (B, K, C, H, W)
     with torch.no_grad():
@@ -198,8 +208,9 @@ def test_scores_match_torchvision_reference_pipeline(tmp_path: Path, masks: int)
         rows = list(csv.DictReader(fh))
     assert sorted(r["path"] for r in rows) == sorted(expected)
     for row in rows:
-        assert float(row["prob_fake"]) == pytest.approx(torch.sigmoid(torch.tensor(expected[row["path"]])).item(),
-                                                        abs=1e-4)
+        assert float(row["prob_fake"]) == pytest.approx(
+            torch.sigmoid(torch.tensor(expected[row["path"]])).item(), abs=1e-4
+        )
         assert row["generator"] == row["path"].split("/testing/")[1].split("/")[0]
         assert row["label"] == str(int("/1_fake/" in row["path"]))
     # The logits themselves, through the evaluation's dataset and loader.
@@ -230,9 +241,28 @@ def test_perturbations() -> None:
 def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
     out = tmp_path / "eval"
-    argv = ["--checkpoint", str(checkpoint), "--data", str(small_dataset), "--out", str(out), "--batch-size", "32",
-            "--masks", "0,1", "--robustness", "--jpeg-qualities", "50", "--scales", "1.0", "0.5",
-            "--blur-sigmas", "1", "--calibration-split", "validation"]
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(small_dataset),
+        "--out",
+        str(out),
+        "--batch-size",
+        "32",
+        "--masks",
+        "0,1",
+        "--robustness",
+        "--jpeg-qualities",
+        "50",
+        "--scales",
+        "1.0",
+        "0.5",
+        "--blur-sigmas",
+        "1",
+        "--calibration-split",
+        "validation",
+    ]
     assert main(argv) == 0
     for name in (METRICS_JSON, METRICS_MD, SCORES_CSV, PR_PNG, ROC_PNG, ROBUSTNESS_PNG, "config.json"):
         assert (out / name).stat().st_size > 0, name
@@ -263,7 +293,10 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     assert masking[0]["ap"] == pytest.approx(report["mean"]["ap"], abs=1e-9)  # the checkpoint has no masks
     robustness = report["robustness"]
     assert {k: [r["level"] for r in v] for k, v in robustness.items()} == {
-        "jpeg": [50.0], "scale": [1.0, 0.5], "blur": [1.0]}
+        "jpeg": [50.0],
+        "scale": [1.0, 0.5],
+        "blur": [1.0],
+    }
     assert robustness["scale"][0]["ap"] == pytest.approx(report["mean"]["ap"])
     assert robustness["blur"][0]["ap"] != pytest.approx(report["mean"]["ap"])
 
@@ -279,8 +312,9 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     # from scores.csv; the unseen mean and the mechanism summary from the per-family table.
     bench = report["benchmark"]
     real_probs = np.array([float(r["prob_fake"]) for r in rows if r["label"] == "0"])
-    assert bench["real_sources"] == {"matplotlib": {"n": len(real_probs),
-                                                    "fpr": pytest.approx(np.mean(real_probs >= 0.45))}}
+    assert bench["real_sources"] == {
+        "matplotlib": {"n": len(real_probs), "fpr": pytest.approx(np.mean(real_probs >= 0.45))}
+    }
     unseen = [f for f in ALL_FAMILIES if f != TRAIN_FAMILY]
     assert bench["unseen_families"] == unseen
     assert bench["unseen"]["ap"] == pytest.approx(np.mean([report["generators"][f]["ap"] for f in unseen]))
@@ -288,7 +322,8 @@ def test_cli_on_small_dataset(small_dataset: Path, tmp_path: Path) -> None:
     gans = bench["mechanisms"]["gan"]["families"]
     others = [f for f in unseen if f not in gans]
     assert bench["leave_one_mechanism_out"]["gan"] == pytest.approx(
-        np.mean([report["generators"][f]["ap"] for f in others]))
+        np.mean([report["generators"][f]["ap"] for f in others])
+    )
     assert "## Benchmark summary" in (out / METRICS_MD).read_text()
 
 
@@ -296,8 +331,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     assert main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     with pytest.raises(SystemExit):
-        main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-              "--masks", "two"])
+        main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--masks", "two"])
 
 
 def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -> None:
@@ -310,8 +344,25 @@ def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -
 
     source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
     out = tmp_path / "k2"
-    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--split", "validation",
-                           "--masks", "2", "--out", str(out), "--batch-size", "32"]) == 0
+    assert (
+        calibrate_main(
+            [
+                "--checkpoint",
+                str(source),
+                "--data",
+                str(small_dataset),
+                "--split",
+                "validation",
+                "--masks",
+                "2",
+                "--out",
+                str(out),
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     shipped = load_detector(out)
     assert shipped.metadata.fft_stage.masks == 2 and shipped.metadata.threshold.target_fpr == 0.05
     original = load_detector(source)
@@ -322,8 +373,12 @@ def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -
     probs = predict(shipped, Subset(val, reals), 32, torch.device("cpu")).probs
     assert np.mean(probs >= shipped.metadata.threshold.value) <= 0.05
     assert shipped.metadata.metrics["calibration"]["test_time_masks"] == 2
-    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--masks", "-1",
-                           "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        calibrate_main(
+            ["--checkpoint", str(source), "--data", str(small_dataset), "--masks", "-1", "--out", str(tmp_path / "bad")]
+        )
+        == 2
+    )
 
 
 def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_path: Path) -> None:
@@ -333,8 +388,25 @@ def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_
 
     source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
     out = tmp_path / "eval"
-    assert main(["--checkpoint", str(source), "--data", str(small_dataset), "--out", str(out), "--batch-size",
-                 "32", "--crops", "1,5", "9:3", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(source),
+                "--data",
+                str(small_dataset),
+                "--out",
+                str(out),
+                "--batch-size",
+                "32",
+                "--crops",
+                "1,5",
+                "9:3",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / METRICS_JSON).read_text())
     rows = report["coverage"]
     assert [(r["crops"], r["top_k"]) for r in rows] == [(1, 1), (5, 1), (9, 3)]
@@ -343,15 +415,47 @@ def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_
     assert "## Coverage" in (out / METRICS_MD).read_text()
 
     shipped_dir = tmp_path / "nine"
-    assert calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--split", "validation",
-                           "--crops", "9:3", "--out", str(shipped_dir), "--batch-size", "32"]) == 0
+    assert (
+        calibrate_main(
+            [
+                "--checkpoint",
+                str(source),
+                "--data",
+                str(small_dataset),
+                "--split",
+                "validation",
+                "--crops",
+                "9:3",
+                "--out",
+                str(shipped_dir),
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     shipped = load_detector(shipped_dir)
     assert (shipped.metadata.coverage.crops, shipped.metadata.coverage.top_k) == (9, 3)
     assert shipped.metadata.metrics["calibration"]["crops"] == 9
     again = tmp_path / "eval9"
-    assert main(["--checkpoint", str(shipped_dir), "--data", str(small_dataset), "--out", str(again),
-                 "--batch-size", "32", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(shipped_dir),
+                "--data",
+                str(small_dataset),
+                "--out",
+                str(again),
+                "--batch-size",
+                "32",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     assert json.loads((again / METRICS_JSON).read_text())["mean"]["ap"] == pytest.approx(rows[2]["ap"], abs=1e-9)
     with pytest.raises(SystemExit):
-        calibrate_main(["--checkpoint", str(source), "--data", str(small_dataset), "--crops", "6",
-                        "--out", str(tmp_path / "bad")])
+        calibrate_main(
+            ["--checkpoint", str(source), "--data", str(small_dataset), "--crops", "6", "--out", str(tmp_path / "bad")]
+        )

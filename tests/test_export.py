@@ -17,8 +17,19 @@ from export.onnx_export import parity_images, read_onnx_metadata
 @pytest.mark.parametrize("fft_impl", ["matmul", "dft"])
 def test_export_onnx_report_and_graph(checkpoint, tmp_path, fft_impl, capsys):
     out, report_path = tmp_path / "model.onnx", tmp_path / "parity.json"
-    code = export_main(["onnx", "--checkpoint", str(checkpoint), "--out", str(out), "--fft-impl", fft_impl,
-                        "--report", str(report_path)])
+    code = export_main(
+        [
+            "onnx",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--fft-impl",
+            fft_impl,
+            "--report",
+            str(report_path),
+        ]
+    )
     assert code == 0
     assert "max |logit diff|" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
@@ -67,14 +78,29 @@ def test_resnet50_at_224_exports_with_parity(tmp_path):
     from training.model import Detector
 
     torch.manual_seed(0)
-    metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224),
-                                fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, seed=1))
+    metadata = DetectorMetadata(
+        backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, seed=1)
+    )
     checkpoint = save_checkpoint(Detector(metadata, pretrained=False), tmp_path / "ckpt")
     diffs = {}
     for fft_impl in ("matmul", "dft"):
         report_path = tmp_path / f"{fft_impl}.json"
-        assert export_main(["onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / f"{fft_impl}.onnx"),
-                            "--fft-impl", fft_impl, "--report", str(report_path)]) == 0
+        assert (
+            export_main(
+                [
+                    "onnx",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--out",
+                    str(tmp_path / f"{fft_impl}.onnx"),
+                    "--fft-impl",
+                    fft_impl,
+                    "--report",
+                    str(report_path),
+                ]
+            )
+            == 0
+        )
         report = json.loads(report_path.read_text())
         assert report["passed"] and report["batch_sizes"] == [1, 3, 8], report
         diffs[fft_impl] = report["max_abs_logit_diff"]

@@ -58,8 +58,11 @@ def fp16_graphs(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     graphs = {}
     for fft in OnnxFFT:
         out = folder / f"{fft.value}.onnx"
-        report = export_onnx(ExportConfig(checkpoint=checkpoint, out=out, fft_impl=fft, precision=Precision.FP16,
-                                          parity_batch_sizes=(1, 3)))
+        report = export_onnx(
+            ExportConfig(
+                checkpoint=checkpoint, out=out, fft_impl=fft, precision=Precision.FP16, parity_batch_sizes=(1, 3)
+            )
+        )
         graphs[fft.value] = (out, report.to_dict())
     return graphs
 
@@ -81,8 +84,13 @@ def test_fp16_graph_is_strongly_typed_with_fp32_io(fp16_graphs, fft):
     counts = check_fp16_graph(graph)
     assert counts["fp16_compute"] > 40 and counts["fp32_compute"] == 0
     fp32_tensors = [list(i.dims) for i in graph.graph.initializer if len(i.dims) >= 2 and i.data_type == T.FLOAT]
-    casts = {onnx.helper.get_attribute_value(a) for n in graph.graph.node if n.op_type == "Cast"
-             for a in n.attribute if a.name == "to"}
+    casts = {
+        onnx.helper.get_attribute_value(a)
+        for n in graph.graph.node
+        if n.op_type == "Cast"
+        for a in n.attribute
+        if a.name == "to"
+    }
     if fft == "dft":
         # DFT kept in FP32 between Casts: cuFFT does half precision only for power-of-two sizes.
         assert counts["dft_fp32"] == 4 and {T.FLOAT, T.FLOAT16} <= casts
@@ -116,8 +124,9 @@ def test_fp16_graph_runs_on_onnxruntime_cpu_with_dynamic_batch(fp16_graphs, chec
 def test_external_graph_fp32(checkpoint, tmp_path):
     """The backbone-only graph of the gpu-cupy target: fed with the numpy FFT stage, it gives PyTorch's logits."""
     out = tmp_path / "external.onnx"
-    report = export_onnx(ExportConfig(checkpoint=checkpoint, out=out, fft_impl=OnnxFFT.EXTERNAL,
-                                      parity_batch_sizes=(1, 4)))
+    report = export_onnx(
+        ExportConfig(checkpoint=checkpoint, out=out, fft_impl=OnnxFFT.EXTERNAL, parity_batch_sizes=(1, 4))
+    )
     assert report.passed and report.max_abs_logit_diff <= 1e-4  # the same fp32 math, split between two runtimes
     graph = onnx.load(str(out))
     (masked,) = graph.graph.input
@@ -195,8 +204,23 @@ def test_fp16_numerics_report(checkpoint, png_testing_split, tmp_path, capsys):
     from export.fp16_numerics import main as numerics_main
 
     out = tmp_path / "fp16.json"
-    assert numerics_main(["--checkpoint", str(checkpoint), "--data", str(png_testing_split), "--out", str(out),
-                          "--batch-size", "5", "--fft-impl", "dft"]) == 0
+    assert (
+        numerics_main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(png_testing_split),
+                "--out",
+                str(out),
+                "--batch-size",
+                "5",
+                "--fft-impl",
+                "dft",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "onnxruntime-cpu" in printed and "agreement" in printed
     report = json.loads(out.read_text())
@@ -271,8 +295,9 @@ def _pb_utils_stub() -> types.ModuleType:
     """The parts of ``triton_python_backend_utils`` the model uses."""
     stub = types.ModuleType("triton_python_backend_utils")
     stub.Tensor, stub.TritonError, stub.InferenceResponse = _PbTensor, _TritonError, _Response
-    stub.Logger = types.SimpleNamespace(log_info=lambda msg: None, log_error=lambda msg: None,
-                                        log_warn=lambda msg: None)
+    stub.Logger = types.SimpleNamespace(
+        log_info=lambda msg: None, log_error=lambda msg: None, log_warn=lambda msg: None
+    )
     stub.get_input_tensor_by_name = lambda request, name: request.get(name)
     stub.get_output_config_by_name = lambda config, name: next(o for o in config["output"] if o["name"] == name)
     stub.triton_string_to_numpy = lambda t: {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}[t]
@@ -281,10 +306,21 @@ def _pb_utils_stub() -> types.ModuleType:
 
 def _numpy_as_cupy() -> types.SimpleNamespace:
     """numpy standing in for the few CuPy calls of the stage (no GPU semantics are checked this way)."""
-    names = ("asarray", "ascontiguousarray", "concatenate", "from_dlpack", "ndarray", "fft",
-             "float16", "float32", "uint8")
-    return types.SimpleNamespace(**{n: getattr(np, n) for n in names},
-                                 cuda=types.SimpleNamespace(Device=lambda device_id: contextlib.nullcontext()))
+    names = (
+        "asarray",
+        "ascontiguousarray",
+        "concatenate",
+        "from_dlpack",
+        "ndarray",
+        "fft",
+        "float16",
+        "float32",
+        "uint8",
+    )
+    return types.SimpleNamespace(
+        **{n: getattr(np, n) for n in names},
+        cuda=types.SimpleNamespace(Device=lambda device_id: contextlib.nullcontext()),
+    )
 
 
 def _import_model(monkeypatch) -> types.ModuleType:
@@ -301,13 +337,20 @@ def _model_args(tmp_path: Path, metadata: DetectorMetadata, kind: str = "GPU") -
 
     config = text_format.Parse(render_config("fft_stage", Target.GPU_CUPY, metadata), model_config_pb2.ModelConfig())
     metadata.save(tmp_path / "1")
-    return {"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
-            "model_repository": str(tmp_path), "model_version": "1", "model_instance_kind": kind,
-            "model_instance_device_id": "0"}
+    return {
+        "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+        "model_repository": str(tmp_path),
+        "model_version": "1",
+        "model_instance_kind": kind,
+        "model_instance_device_id": "0",
+    }
 
 
-METADATA_K2 = DetectorMetadata(backbone="efficientnet_lite0", input_size=(24, 20),
-                               fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, per_channel=True, seed=3))
+METADATA_K2 = DetectorMetadata(
+    backbone="efficientnet_lite0",
+    input_size=(24, 20),
+    fft_stage=FFTStageConfig(masks=2, band="all", ratio=0.15, per_channel=True, seed=3),
+)
 
 
 def _cupy_or_skip():
@@ -431,21 +474,33 @@ def test_gpu_cupy_configs_exist_for_every_model():
     assert names == {"deepfake_detector.gpu-cupy.pbtxt", "fft_stage.gpu-cupy.pbtxt", "detector.gpu-cupy.pbtxt"}
 
 
-@pytest.mark.parametrize(("target", "fft", "message"), [
-    ("gpu-ort", "dft", "no DFT kernel"),
-    ("gpu-ort", "external", "'external' is for --target gpu-cupy"),
-    ("cpu", "external", "'external' is for --target gpu-cupy"),
-    ("gpu-trt", "external", "'external' is for --target gpu-cupy"),
-    ("gpu-cupy", "matmul", "--fft-impl external"),
-    ("gpu-cupy", "dft", "--fft-impl external"),
-])
+@pytest.mark.parametrize(
+    ("target", "fft", "message"),
+    [
+        ("gpu-ort", "dft", "no DFT kernel"),
+        ("gpu-ort", "external", "'external' is for --target gpu-cupy"),
+        ("cpu", "external", "'external' is for --target gpu-cupy"),
+        ("gpu-trt", "external", "'external' is for --target gpu-cupy"),
+        ("gpu-cupy", "matmul", "--fft-impl external"),
+        ("gpu-cupy", "dft", "--fft-impl external"),
+    ],
+)
 def test_fft_form_must_suit_the_target(target, fft, message):
     with pytest.raises(ValueError, match=message):
         check_fft_impl(target, fft)
 
 
-@pytest.mark.parametrize(("target", "fft"), [("cpu", "matmul"), ("cpu", "dft"), ("gpu-ort", "matmul"),
-                                             ("gpu-trt", "matmul"), ("gpu-trt", "dft"), ("gpu-cupy", "external")])
+@pytest.mark.parametrize(
+    ("target", "fft"),
+    [
+        ("cpu", "matmul"),
+        ("cpu", "dft"),
+        ("gpu-ort", "matmul"),
+        ("gpu-trt", "matmul"),
+        ("gpu-trt", "dft"),
+        ("gpu-cupy", "external"),
+    ],
+)
 def test_fft_forms_a_target_takes(target, fft):
     check_fft_impl(target, fft)
 
@@ -455,8 +510,9 @@ def _fake_engine(folder: Path, fft: str, dims: list[int]) -> Path:
     plan = folder / "model.plan"
     plan.write_bytes(b"not a real engine")
     profile = {name: [b, *dims] for name, b in (("min", 1), ("opt", 16), ("max", 64))}
-    (folder / "model.engine.json").write_text(json.dumps(
-        {"fft_impl": fft, "precision": "fp16", "profile": {MASKED_INPUT_NAME: profile}}))
+    (folder / "model.engine.json").write_text(
+        json.dumps({"fft_impl": fft, "precision": "fp16", "profile": {MASKED_INPUT_NAME: profile}})
+    )
     return plan
 
 
@@ -465,22 +521,37 @@ def test_write_gpu_cupy_repository(tmp_path):
     plan = _fake_engine(tmp_path, "external", [2, 3, 224, 224])
     out = write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, plan)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["deepfake_detector/config.pbtxt", "detector/1/model.engine.json", "detector/1/model.plan",
-                     "detector/1/model.plan.sha256", "detector/config.pbtxt", "fft_stage/1/metadata.json",
-                     "fft_stage/1/model.py",
-                     "fft_stage/config.pbtxt", "preprocess/1/metadata.json", "preprocess/1/model.py",
-                     "preprocess/config.pbtxt"]
+    assert files == [
+        "deepfake_detector/config.pbtxt",
+        "detector/1/model.engine.json",
+        "detector/1/model.plan",
+        "detector/1/model.plan.sha256",
+        "detector/config.pbtxt",
+        "fft_stage/1/metadata.json",
+        "fft_stage/1/model.py",
+        "fft_stage/config.pbtxt",
+        "preprocess/1/metadata.json",
+        "preprocess/1/model.py",
+        "preprocess/config.pbtxt",
+    ]
     assert (out / "fft_stage/1/model.py").read_text() == FFT_MODEL.read_text()
     assert DetectorMetadata.load(out / "fft_stage/1") == metadata
     for model in MODELS[Target.GPU_CUPY]:
         _parse((out / model / "config.pbtxt").read_text())
 
 
-@pytest.mark.parametrize(("fft", "dims", "message"), [
-    ("matmul", [2, 3, 224, 224], "--fft-impl external"),
-    ("external", [4, 3, 224, 224], r"takes MASKED \(B, 4, 3, 224, 224\) but the gpu-cupy config needs "
-                                   r"\(B, 2, 3, 224, 224\)"),
-])
+@pytest.mark.parametrize(
+    ("fft", "dims", "message"),
+    [
+        ("matmul", [2, 3, 224, 224], "--fft-impl external"),
+        (
+            "external",
+            [4, 3, 224, 224],
+            r"takes MASKED \(B, 4, 3, 224, 224\) but the gpu-cupy config needs "
+            r"\(B, 2, 3, 224, 224\)",
+        ),
+    ],
+)
 def test_gpu_cupy_repository_refuses_a_mismatched_engine(tmp_path, fft, dims, message):
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=2))
     with pytest.raises(ValueError, match=message):
@@ -489,8 +560,22 @@ def test_gpu_cupy_repository_refuses_a_mismatched_engine(tmp_path, fft, dims, me
 
 
 def test_repo_cli_refuses_gpu_ort_with_dft(checkpoint, tmp_path, capsys):
-    assert export_main(["repo", "--checkpoint", str(checkpoint), "--target", "gpu-ort", "--fft-impl", "dft",
-                        "--out", str(tmp_path / "repo")]) != 0
+    assert (
+        export_main(
+            [
+                "repo",
+                "--checkpoint",
+                str(checkpoint),
+                "--target",
+                "gpu-ort",
+                "--fft-impl",
+                "dft",
+                "--out",
+                str(tmp_path / "repo"),
+            ]
+        )
+        != 0
+    )
     assert "no DFT kernel" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
 

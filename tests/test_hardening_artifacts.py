@@ -23,10 +23,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_PROJECT = {".venv", "artifacts", ".git", "build", "fmdetect.egg-info"}
 
 ALWAYS_UNSAFE = {
-    "pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads", "cPickle.load",
-    "joblib.load", "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads",
-    "marshal.load", "marshal.loads", "shelve.open", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load",
-    "yaml.load_all", "torch.serialization.load",
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "_pickle.load",
+    "_pickle.loads",
+    "cPickle.load",
+    "joblib.load",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "pandas.read_pickle",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "yaml.load_all",
+    "torch.serialization.load",
 }
 
 
@@ -113,9 +128,14 @@ def test_the_scan_catches_every_unsafe_spelling():
     }
     for source, count in unsafe.items():
         assert len(unsafe_loads(source)) == count, (source, unsafe_loads(source))
-    safe = ["import torch\ntorch.load(path, weights_only=True)", "import numpy as np\nnp.load(path)",
-            "import yaml\nyaml.load(text, Loader=yaml.SafeLoader)", "import yaml\nyaml.safe_load(text)",
-            "import json\njson.load(f)", "from safetensors.torch import load_file\nload_file(path)"]
+    safe = [
+        "import torch\ntorch.load(path, weights_only=True)",
+        "import numpy as np\nnp.load(path)",
+        "import yaml\nyaml.load(text, Loader=yaml.SafeLoader)",
+        "import yaml\nyaml.safe_load(text)",
+        "import json\njson.load(f)",
+        "from safetensors.torch import load_file\nload_file(path)",
+    ]
     for source in safe:
         assert unsafe_loads(source) == [], source
 
@@ -227,8 +247,9 @@ def test_checksums_and_rollout_without_failed_requests(cpu_repository: Path, tmp
     failures = [r for r in records if isinstance(r[2], Exception)]
     assert failures == [], [str(f[2]) for f in failures[:5]]
     retried = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
-    assert all(any(reason in m for reason in ("Request timeout expired", "Exceeds maximum queue size"))
-               for m in retried), retried
+    assert all(
+        any(reason in m for reason in ("Request timeout expired", "Exceeds maximum queue size")) for m in retried
+    ), retried
     scores = [r[2] for r in records]
     v2 = next(s for s in scores if abs(s - v1) > 1e-4)
     assert v2 > v1, "v2 shifts the logit by +2"
@@ -236,5 +257,7 @@ def test_checksums_and_rollout_without_failed_requests(cpu_repository: Path, tmp
     assert all(abs(s - v1) < 1e-6 for begin, _, s in records if begin < began - 0.5)
     after = [s for begin, _, s in records if begin > loaded]
     assert after and all(abs(s - v2) < 1e-6 for s in after), "requests sent after the load must get v2"
-    print(f"rollout: {len(records)} requests, 0 failed ({len(retried)} queue-timeout rejections retried); "
-          f"load_model took {loaded - began:.2f} s; score {v1:.4f} -> {v2:.4f}")
+    print(
+        f"rollout: {len(records)} requests, 0 failed ({len(retried)} queue-timeout rejections retried); "
+        f"load_model took {loaded - began:.2f} s; score {v1:.4f} -> {v2:.4f}"
+    )

@@ -66,18 +66,65 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ca(name: str, folder: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )
 
 
 def _leaf(name: str, ca: str, extensions: str, folder: Path) -> None:
     (folder / f"{name}.ext").write_text(extensions)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=folder,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=folder,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +160,7 @@ def test_grpc_tls(cpu_repository: Path, certificates: Path):
     tls = GrpcTLS(server_cert=certificates / "server.pem", server_key=certificates / "server.key")
     with TritonServer(ServerConfig(model_repository=cpu_repository, grpc_tls=tls)) as server:
         trusted = _classify(server.grpc_url, ssl=True, root_certificates=str(certificates / "ca.pem"))
-        by_name = _classify(f"localhost:{server.grpc_port}", ssl=True,
-                            root_certificates=str(certificates / "ca.pem"))
+        by_name = _classify(f"localhost:{server.grpc_port}", ssl=True, root_certificates=str(certificates / "ca.pem"))
         system_roots = _classify(server.grpc_url, ssl=True)
         wrong_ca = _classify(server.grpc_url, ssl=True, root_certificates=str(certificates / "rogue-ca.pem"))
         plaintext = _classify(server.grpc_url)
@@ -131,13 +177,21 @@ def test_grpc_mutual_tls(cpu_repository: Path, certificates: Path):
     tls = GrpcTLS(certificates / "server.pem", certificates / "server.key", certificates / "ca.pem", mutual=True)
     ca = str(certificates / "ca.pem")
     with TritonServer(ServerConfig(model_repository=cpu_repository, grpc_tls=tls)) as server:
-        with_cert = _classify(server.grpc_url, ssl=True, root_certificates=ca,
-                              private_key=str(certificates / "client.key"),
-                              certificate_chain=str(certificates / "client.pem"))
+        with_cert = _classify(
+            server.grpc_url,
+            ssl=True,
+            root_certificates=ca,
+            private_key=str(certificates / "client.key"),
+            certificate_chain=str(certificates / "client.pem"),
+        )
         without_cert = _classify(server.grpc_url, ssl=True, root_certificates=ca)
-        rogue_cert = _classify(server.grpc_url, ssl=True, root_certificates=ca,
-                               private_key=str(certificates / "rogue-client.key"),
-                               certificate_chain=str(certificates / "rogue-client.pem"))
+        rogue_cert = _classify(
+            server.grpc_url,
+            ssl=True,
+            root_certificates=ca,
+            private_key=str(certificates / "rogue-client.key"),
+            certificate_chain=str(certificates / "rogue-client.pem"),
+        )
     assert isinstance(with_cert, Prediction), with_cert
     for name, result in {"no client certificate": without_cert, "untrusted client CA": rogue_cert}.items():
         assert isinstance(result, ServerUnavailableError), (name, result)
@@ -147,8 +201,11 @@ def test_tls_settings_are_validated(tmp_path: Path):
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("x")
     key.write_text("x")
-    assert GrpcTLS(cert, key).args() == ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}",
-                                         f"--grpc-server-key={key}"]
+    assert GrpcTLS(cert, key).args() == [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={cert}",
+        f"--grpc-server-key={key}",
+    ]
     with pytest.raises(ValueError, match="mutual TLS needs root_cert"):
         GrpcTLS(cert, key, mutual=True)
     with pytest.raises(ValueError, match="does not exist"):
@@ -205,9 +262,12 @@ def test_admin_apis_are_closed_to_callers_without_the_key(triton_server):
             shm.destroy_shared_memory_region(handle)
 
     def http(method: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
-        request = urllib.request.Request(f"http://{triton_server.http_url}{path}", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers=headers or {})
+        request = urllib.request.Request(
+            f"http://{triton_server.http_url}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers=headers or {},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status

@@ -173,13 +173,22 @@ def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path:
         recovery = watchdog.recoveries[0]
 
     errors = load.errors()
-    print(f"{victim} (explicit={explicit}): cold start {started.startup_s:.2f} s, watchdog period {period_s:.2f} s; "
-          f"detected {recovery.detected_at - killed_at:.2f} s after the kill, recovered in "
-          f"{recovery.recovered_s:.2f} s; {len(load.records)} requests, {len(errors)} errors answered "
-          f"{[round(end - recovered_at, 2) for _, end, _ in errors]} s after the recovery")
+    print(
+        f"{victim} (explicit={explicit}): cold start {started.startup_s:.2f} s, watchdog period {period_s:.2f} s; "
+        f"detected {recovery.detected_at - killed_at:.2f} s after the kill, recovered in "
+        f"{recovery.recovered_s:.2f} s; {len(load.records)} requests, {len(errors)} errors answered "
+        f"{[round(end - recovered_at, 2) for _, end, _ in errors]} s after the recovery"
+    )
     key = "server-process" if victim == "tritonserver" else ("stub-reload-explicit" if explicit else "stub-restart")
-    record("faults", key, startup_s=started.startup_s, detected_s=recovery.detected_at - killed_at,
-           recovered_s=recovery.recovered_s, requests=len(load.records), errors=len(errors))
+    record(
+        "faults",
+        key,
+        startup_s=started.startup_s,
+        detected_s=recovery.detected_at - killed_at,
+        recovered_s=recovery.recovered_s,
+        requests=len(load.records),
+        errors=len(errors),
+    )
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert ("detector" in recovery.reason) if victim != "tritonserver" else ("exited" in recovery.reason)
     # Noticed by the first check that began after the kill (or the second, when the kill came as one began). A check
@@ -217,10 +226,19 @@ def test_restart_mid_load_is_invisible_to_retrying_clients(cpu_repository: Path,
         assert not ({s.pid for s in server.stubs()} & stubs_before)
     across = [end - begin for begin, end, _ in load.records if begin < done and end > began]
     bound_s = restart_s + reconnect_wait_bound_s(restart_s) + load.config.backoff_max_s + slowest_s
-    print(f"restart took {restart_s:.2f} s; {len(load.records)} requests, {len(across)} spanning it, "
-          f"longest {max(across):.2f} s (bound {bound_s:.2f} s; slowest before {slowest_s:.2f} s)")
-    record("faults", "restart", startup_s=started.startup_s, restart_s=restart_s, requests=len(load.records),
-           errors=len(load.errors()), longest_s=max(across))
+    print(
+        f"restart took {restart_s:.2f} s; {len(load.records)} requests, {len(across)} spanning it, "
+        f"longest {max(across):.2f} s (bound {bound_s:.2f} s; slowest before {slowest_s:.2f} s)"
+    )
+    record(
+        "faults",
+        "restart",
+        startup_s=started.startup_s,
+        restart_s=restart_s,
+        requests=len(load.records),
+        errors=len(load.errors()),
+        longest_s=max(across),
+    )
     assert load.errors() == [], load.errors()[:5]
     assert max(across) < bound_s
 
@@ -270,8 +288,11 @@ TritonPythonModel.execute = _blocking_execute
 """
 
 
-@pytest.mark.parametrize("explicit, fault", [(False, "sigstop"), (True, "sigstop"), (False, "blocked-execute")],
-                         ids=["sigstop-restart", "sigstop-reload-explicit", "blocked-execute-restart"])
+@pytest.mark.parametrize(
+    "explicit, fault",
+    [(False, "sigstop"), (True, "sigstop"), (False, "blocked-execute")],
+    ids=["sigstop-restart", "sigstop-reload-explicit", "blocked-execute-restart"],
+)
 def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, explicit: bool, fault: str):
     """SIGSTOP: the python backend reports the stub "not healthy" on every request it routes there. A blocked
     execute: the stub stays healthy, requests time out in the queue, and the model's counters stand still."""
@@ -302,13 +323,21 @@ def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, 
         health = server.check_health()
     recovery = watchdog.recoveries[0]
     errors = load.errors()
-    print(f"hung detector stub ({fault}, explicit={explicit}): cold start {started.startup_s:.2f} s; "
-          f"detected {recovery.detected_at - hung_at:.2f} s after the hang, recovered in {recovery.recovered_s:.2f} s; "
-          f"{len(load.records)} requests, "
-          f"{len(errors)} errors: {sorted({e[2][:60] for e in errors})}")
-    record("faults", f"{fault}-{'reload-explicit' if explicit else 'restart'}", startup_s=started.startup_s,
-           detected_s=recovery.detected_at - hung_at, recovered_s=recovery.recovered_s, requests=len(load.records),
-           errors=len(errors))
+    print(
+        f"hung detector stub ({fault}, explicit={explicit}): cold start {started.startup_s:.2f} s; "
+        f"detected {recovery.detected_at - hung_at:.2f} s after the hang, recovered in {recovery.recovered_s:.2f} s; "
+        f"{len(load.records)} requests, "
+        f"{len(errors)} errors: {sorted({e[2][:60] for e in errors})}"
+    )
+    record(
+        "faults",
+        f"{fault}-{'reload-explicit' if explicit else 'restart'}",
+        startup_s=started.startup_s,
+        detected_s=recovery.detected_at - hung_at,
+        recovered_s=recovery.recovered_s,
+        requests=len(load.records),
+        errors=len(errors),
+    )
     assert len(watchdog.recoveries) == 1 and recovery.ok, watchdog.recoveries
     assert "detector" in recovery.reason and "hung" in recovery.reason, recovery.reason
     assert recovery.detected_at - hung_at < HANG_DETECTION_BOUND_S

@@ -88,8 +88,19 @@ def mutated(draw) -> bytes:
             chunk = draw(st.binary(min_size=1, max_size=8))
             data[at : at + len(chunk)] = chunk
         elif kind == "interesting":  # sizes and counts that break parsers: 0, -1, huge
-            chunk = draw(st.sampled_from([b"\x00\x00", b"\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x00",
-                                          b"\xff\xff\xff\xff", b"\x80\x00", b"\x00\x01"]))
+            chunk = draw(
+                st.sampled_from(
+                    [
+                        b"\x00\x00",
+                        b"\xff\xff",
+                        b"\x7f\xff\xff\xff",
+                        b"\x00\x00\x00\x00",
+                        b"\xff\xff\xff\xff",
+                        b"\x80\x00",
+                        b"\x00\x01",
+                    ]
+                )
+            )
             data[at : at + len(chunk)] = chunk
         elif kind == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=32))

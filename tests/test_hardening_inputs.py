@@ -87,7 +87,7 @@ def test_pixel_limit_is_checked_before_decoding():
     import zlib
 
     header = b"IHDR" + struct.pack(">II", 7000, 7000) + data[ihdr + 12 : ihdr + 17]
-    forged = data[: ihdr] + header + struct.pack(">I", zlib.crc32(header)) + data[ihdr + 21 :]
+    forged = data[:ihdr] + header + struct.pack(">I", zlib.crc32(header)) + data[ihdr + 21 :]
     with pytest.raises(ImageDecodeError, match="7000x7000 pixels exceeds the limit of 40000000"):
         decode_image(forged)
 
@@ -104,8 +104,10 @@ def test_config_limits_fail_only_their_request(limits_server):
 
     rng = np.random.default_rng(0)
     bad = {
-        "bytes": (encode(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), "PNG"),
-                  "exceeds the limit of 150000 bytes"),
+        "bytes": (
+            encode(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), "PNG"),
+            "exceeds the limit of 150000 bytes",
+        ),
         "pixels": (encode(np.zeros((600, 600, 3), np.uint8), "PNG"), "600x600 pixels exceeds the limit of 250000"),
         "format": (encode(photo_like(32, 32, 1), "BMP"), "unsupported image format BMP"),
     }
@@ -151,7 +153,6 @@ def test_bad_limit_in_the_config_fails_the_load_with_its_reason(cpu_repository, 
         server.start()
     assert "max_pixels must be a positive integer" in str(caught.value)
     assert not server.shm_files()
-
 
 
 @pytest.mark.triton
@@ -216,9 +217,17 @@ def test_a_flood_of_lying_headers_leaves_good_requests_served(triton_server):
         stop.set()
         for t in threads:
             t.join()
-    print(f"\n{len(rejected)} lying requests rejected in 4 s; good requests: median {np.median(quiet) * 1e3:.0f} ms "
-          f"alone, {np.median(flooded) * 1e3:.0f} ms under the flood (max {max(flooded) * 1e3:.0f} ms)")
-    record("edges", "jpeg-flood", rejected=len(rejected), quiet_median_ms=float(np.median(quiet)) * 1e3,
-           flooded_median_ms=float(np.median(flooded)) * 1e3, flooded_max_ms=max(flooded) * 1e3)
+    print(
+        f"\n{len(rejected)} lying requests rejected in 4 s; good requests: median {np.median(quiet) * 1e3:.0f} ms "
+        f"alone, {np.median(flooded) * 1e3:.0f} ms under the flood (max {max(flooded) * 1e3:.0f} ms)"
+    )
+    record(
+        "edges",
+        "jpeg-flood",
+        rejected=len(rejected),
+        quiet_median_ms=float(np.median(quiet)) * 1e3,
+        flooded_median_ms=float(np.median(flooded)) * 1e3,
+        flooded_max_ms=max(flooded) * 1e3,
+    )
     assert len(rejected) > 50 and all(rejected), (len(rejected), sum(rejected))
     assert float(np.median(flooded)) <= 10 * float(np.median(quiet)), (quiet, flooded)

@@ -120,8 +120,9 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
     for index, [(status, detail, _)] in answers.items():
         if status == "ok":
             assert detail == str(index), f"request {index} got the response of request {detail}"
-    unclear = {(s, m[:80]) for s, m, _ in rejected
-               if s != "StatusCode.UNAVAILABLE" or not any(r in m for r in REJECTIONS)}
+    unclear = {
+        (s, m[:80]) for s, m, _ in rejected if s != "StatusCode.UNAVAILABLE" or not any(r in m for r in REJECTIONS)
+    }
     assert not unclear, unclear
     ok_latency = np.array([latency for _, _, latency in ok])
     rejected_latency = np.array([latency for _, _, latency in rejected]) if rejected else np.zeros(1)
@@ -168,14 +169,36 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
 
     # Pinned (Triton 2.51): requests refused for a full queue are not counted under reason="REJECTED" by any
     # model; the failures land under other reasons. Count refusals on the client side, or from these totals.
-    failures = {(m, r): float(v) for m, r, v in re.findall(
-        r'nv_inference_request_failure\{model="([^"]+)",reason="([^"]+)",version="1"\} (\S+)', metrics)}
+    failures = {
+        (m, r): float(v)
+        for m, r, v in re.findall(
+            r'nv_inference_request_failure\{model="([^"]+)",reason="([^"]+)",version="1"\} (\S+)', metrics
+        )
+    }
     print("failure counters after the overload:", {k: v for k, v in failures.items() if v})
-    record("overload", "run", **{k: figures[k] for k in (
-        "saturation_rps", "offered_rps", "sent", "ok", "served_rps", "rejected_queue_full", "rejected_timeout",
-        "ok_p50_s", "ok_p99_s", "drain_s", "rss_start_mb", "rss_end_mb")},
+    record(
+        "overload",
+        "run",
+        **{
+            k: figures[k]
+            for k in (
+                "saturation_rps",
+                "offered_rps",
+                "sent",
+                "ok",
+                "served_rps",
+                "rejected_queue_full",
+                "rejected_timeout",
+                "ok_p50_s",
+                "ok_p99_s",
+                "drain_s",
+                "rss_start_mb",
+                "rss_end_mb",
+            )
+        },
         rejected_p50_ms=figures["rejected_p50_s"] * 1e3,
-        ensemble_other_failures=failures.get(("deepfake_detector", "OTHER"), 0.0))
+        ensemble_other_failures=failures.get(("deepfake_detector", "OTHER"), 0.0),
+    )
     if figures["rejected_queue_full"]:
         assert failures and all(v == 0 for (_, reason), v in failures.items() if reason == "REJECTED"), failures
 

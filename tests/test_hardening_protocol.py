@@ -58,8 +58,9 @@ def _delta(before: dict[str, float], after: dict[str, float], key: str) -> float
 
 
 def _http(server, body: bytes, path: str = "/v2/models/deepfake_detector/infer") -> tuple[int, str]:
-    request = urllib.request.Request(f"http://{server.http_url}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{server.http_url}{path}", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode(errors="replace")
@@ -93,13 +94,25 @@ def test_rejections_are_counted_by_reason_and_triton_counters_are_pinned(triton_
     assert _delta(before, after, failure) == 2 * len(sent)
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", "failed to parse the request JSON"),
-    (json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "data": [5]}]}).encode(),
-     "non-string as string"),
-    (json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [-1, 1], "datatype": "BYTES", "data": ["a"]}]}).encode(),
-     "Unable to parse 'shape'"),
-], ids=["not-json", "number-as-bytes", "negative-shape"])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "failed to parse the request JSON"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "data": [5]}]}
+            ).encode(),
+            "non-string as string",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "IMAGE_BYTES", "shape": [-1, 1], "datatype": "BYTES", "data": ["a"]}]}
+            ).encode(),
+            "Unable to parse 'shape'",
+        ),
+    ],
+    ids=["not-json", "number-as-bytes", "negative-shape"],
+)
 def test_malformed_http_requests_get_500_with_the_reason(triton_server, body: bytes, message: str):
     """Pinned: Triton answers these with 500 (a client error, but its HTTP front end says 500) and the reason;
     the server carries on."""
@@ -112,13 +125,26 @@ def test_shape_dimensions_of_2_to_the_32_wrap(triton_server):
     """Pinned: a [2^32 + 1, 1] shape with one image is read as [1, 1] (the dimension wraps) and scored. The
     project's client and benchmark harness build shapes from the data they send, so they never send one."""
     # The JSON form of BYTES carries text only: the image goes through the binary tensor extension.
-    header = json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [2**32 + 1, 1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(GOOD) + 4}}],
-                         "outputs": [{"name": "PROB_FAKE", "parameters": {"binary_data": False}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "IMAGE_BYTES",
+                    "shape": [2**32 + 1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(GOOD) + 4},
+                }
+            ],
+            "outputs": [{"name": "PROB_FAKE", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
     body = header + len(GOOD).to_bytes(4, "little") + GOOD
     request = urllib.request.Request(
-        f"http://{triton_server.http_url}/v2/models/deepfake_detector/infer", data=body, method="POST",
-        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+        f"http://{triton_server.http_url}/v2/models/deepfake_detector/infer",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     (output,) = answer["outputs"]
@@ -132,8 +158,10 @@ def test_a_cut_chunked_body_is_held_open(triton_server):
     of its own (checked for 5 s here). Behind the cluster's nginx, client_body_timeout closes it
     (tests/test_cluster.py)."""
     with socket.create_connection(("127.0.0.1", triton_server.http_port), timeout=10) as raw:
-        raw.sendall(b"POST /v2/models/deepfake_detector/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                    b"Content-Type: application/json\r\n\r\n10\r\n{\"inputs\": [")
+        raw.sendall(
+            b"POST /v2/models/deepfake_detector/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b'Content-Type: application/json\r\n\r\n10\r\n{"inputs": ['
+        )
         raw.settimeout(5.0)
         began = time.monotonic()
         with pytest.raises(socket.timeout):

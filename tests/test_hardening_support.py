@@ -149,13 +149,15 @@ ODD_EXIF: dict[str, tuple[bytes, bool]] = {
     "orientation-signed-negative": (tiff_ifd([(ORIENTATION, 9, 1, struct.pack("<i", -6))]), False),
     "orientation-ascii": (tiff_ifd([(ORIENTATION, 2, 4, b"six\0")]), False),
     "orientation-rational": (
-        tiff_ifd([(ORIENTATION, 5, 1, struct.pack("<I", 26))], extra=struct.pack("<II", 6, 1)), False
+        tiff_ifd([(ORIENTATION, 5, 1, struct.pack("<I", 26))], extra=struct.pack("<II", 6, 1)),
+        False,
     ),
     "orientation-count-2147483647": (tiff_ifd([(ORIENTATION, 3, 0x7FFFFFFF, struct.pack("<I", 8))]), False),
     "orientation-offset-past-end": (tiff_ifd([(ORIENTATION, 3, 4, struct.pack("<I", 0xFFFFFF00))]), False),
     "ifd-offset-past-end": (b"II*\x00" + struct.pack("<I", 0x7FFFFFF0), False),
     "ifd-pointing-at-itself": (
-        b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x8769, 4, 1, 8) + struct.pack("<I", 8), False
+        b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x8769, 4, 1, 8) + struct.pack("<I", 8),
+        False,
     ),
     "random-bytes": (bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)), False),
     "truncated-header": (b"MM\x00", False),

@@ -101,8 +101,16 @@ def test_import_calibrates_on_held_out_reals(authors_pth: tuple[Path, nn.Module]
     rng = np.random.default_rng(0)
     for i in range(10):
         Image.fromarray(rng.integers(0, 256, (70, 80, 3), dtype=np.uint8)).save(reals / f"{i}.png")
-    out = import_checkpoint(ImportConfig(source=path, out=tmp_path / "ckpt", image_size=64,
-                                         calibrate_on=tmp_path / "held_out", target_fpr=0.1, device="cpu"))
+    out = import_checkpoint(
+        ImportConfig(
+            source=path,
+            out=tmp_path / "ckpt",
+            image_size=64,
+            calibrate_on=tmp_path / "held_out",
+            target_fpr=0.1,
+            device="cpu",
+        )
+    )
     threshold = DetectorMetadata.load(out).threshold
     assert threshold.method == CALIBRATED_METHOD and threshold.target_fpr == 0.1
     assert DetectorMetadata.load(out).metrics["calibration"]["n_real"] == 10
@@ -142,11 +150,14 @@ def test_refuses_numpy_globals_beyond_the_float64_scalar(tmp_path: Path) -> None
         import_checkpoint(ImportConfig(source=path, out=tmp_path / "out"))
 
 
-@pytest.mark.parametrize("state, message", [
-    ({"module.weight": torch.zeros(1, 768), "module.bias": torch.zeros(1)}, "only a linear head"),
-    ({"module.fc.weight": torch.zeros(2, 2048), "module.fc.bias": torch.zeros(2)}, "one output logit"),
-    ({"module.fc.weight": torch.zeros(1, 2048), "module.fc.bias": torch.zeros(1)}, "do not fit resnet50"),
-])
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({"module.weight": torch.zeros(1, 768), "module.bias": torch.zeros(1)}, "only a linear head"),
+        ({"module.fc.weight": torch.zeros(2, 2048), "module.fc.bias": torch.zeros(2)}, "one output logit"),
+        ({"module.fc.weight": torch.zeros(1, 2048), "module.fc.bias": torch.zeros(1)}, "do not fit resnet50"),
+    ],
+)
 def test_refuses_checkpoints_of_other_models(tmp_path: Path, state: dict, message: str) -> None:
     path = tmp_path / "other.pth"
     torch.save({"model_state_dict": state, "best_score": np.float64(0.5)}, path)

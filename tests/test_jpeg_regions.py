@@ -54,11 +54,13 @@ def full_then_crop(data: bytes, size: tuple[int, int]) -> np.ndarray:
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("subsampling", SUBSAMPLING)
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
-def test_bit_identical_to_full_decode(orientation: int, subsampling: str, progressive: bool,
-                                      region_reads: list[int]) -> None:
+def test_bit_identical_to_full_decode(
+    orientation: int, subsampling: str, progressive: bool, region_reads: list[int]
+) -> None:
     array = photo_like(613, 1001, seed=orientation)  # neither side a multiple of any MCU
-    data = jpeg(array, orientation=orientation, quality=88, subsampling=SUBSAMPLING[subsampling],
-                progressive=progressive)
+    data = jpeg(
+        array, orientation=orientation, quality=88, subsampling=SUBSAMPLING[subsampling], progressive=progressive
+    )
     for size in ((128, 128), (224, 160), (97, 131)):
         got = decode_center_crop(data, size)
         assert got.shape == (*size, 3)
@@ -97,7 +99,6 @@ def test_small_images_are_read_whole_and_padded(region_reads: list[int]) -> None
     got = decode_center_crop(data, (128, 128))
     np.testing.assert_array_equal(got, full_then_crop(data, (128, 128)))
     assert region_reads == [1]
-
 
 
 def test_truncated_jpegs_are_rejected_not_scored(region_reads: list[int]) -> None:
@@ -155,11 +156,16 @@ def test_preprocess_image_reads_regions(region_reads: list[int]) -> None:
 @pytest.mark.parametrize("orientation", [1, 3, 6, 7])
 @pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
 @pytest.mark.parametrize("crops", [5, 9])
-def test_multi_crop_windows_bit_identical_to_full_decode(orientation: int, subsampling: str, crops: int,
-                                                         region_reads: list[int]) -> None:
+def test_multi_crop_windows_bit_identical_to_full_decode(
+    orientation: int, subsampling: str, crops: int, region_reads: list[int]
+) -> None:
     """Every window of a multi-crop coverage, read in one pass over the coefficients, is the full decode's."""
-    data = jpeg(photo_like(613, 1001, seed=orientation), orientation=orientation, quality=90,
-                subsampling=SUBSAMPLING[subsampling])
+    data = jpeg(
+        photo_like(613, 1001, seed=orientation),
+        orientation=orientation,
+        quality=90,
+        subsampling=SUBSAMPLING[subsampling],
+    )
     got = preprocess.decode_windows(data, (128, 128), crops)
     np.testing.assert_array_equal(got, preprocess.crop_windows(decode_image(data), (128, 128), crops))
     assert got.shape == (crops, 128, 128, 3) and region_reads == [crops]

@@ -20,10 +20,16 @@ from tests.conftest import find_tool, skip_for_missing_tool  # noqa: E402
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 # Per-model metrics Triton 2.51 exports (docs: user_guide/metrics.md), the ones worth scaling on among them.
-DOCUMENTED_METRICS = {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-                      "nv_inference_exec_count", "nv_inference_request_duration_us",
-                      "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
-                      "nv_inference_pending_request_count"}
+DOCUMENTED_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_pending_request_count",
+}
 
 
 def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
@@ -87,8 +93,11 @@ def test_deployment_serves_triton_with_health_probes(name: str):
     assert "--model-repository=/models" in triton["args"]
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live"),
-                        ("startupProbe", "/v2/health/live")):
+    for probe, path in (
+        ("readinessProbe", "/v2/health/ready"),
+        ("livenessProbe", "/v2/health/live"),
+        ("startupProbe", "/v2/health/live"),
+    ):
         assert triton[probe]["httpGet"]["path"] == path
         assert ports[triton[probe]["httpGet"]["port"]] == 8000
     # The model repository: filled by the init container into the volume the server reads.

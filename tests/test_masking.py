@@ -199,8 +199,11 @@ def test_patch_masking_covers_exact_area_in_aligned_squares(size: int, patch: in
 @pytest.mark.parametrize("kind", list(MaskKind))
 @pytest.mark.parametrize("domain", list(MaskDomain))
 def test_outputs_are_real_finite_and_keep_shape(kind: MaskKind, domain: MaskDomain) -> None:
-    x = torch.rand(4, 3, 32, 32, generator=gen(5)) * 255 if domain is not MaskDomain.NORMALISED else \
-        torch.randn(4, 3, 32, 32, generator=gen(5))
+    x = (
+        torch.rand(4, 3, 32, 32, generator=gen(5)) * 255
+        if domain is not MaskDomain.NORMALISED
+        else torch.randn(4, 3, 32, 32, generator=gen(5))
+    )
     y = MaskSpec(kind=kind, ratio=0.5, domain=domain, rotate=10, translate=0.1).apply(x, gen(6))
     assert y.shape == x.shape and y.dtype == x.dtype and not y.is_complex() and torch.isfinite(y).all()
     if domain is not MaskDomain.NORMALISED and kind is not MaskKind.NONE:
@@ -325,8 +328,8 @@ def test_translation_is_a_whole_pixel_shift_with_zero_fill() -> None:
         for dy in range(-4, 5):
             for dx in range(-5, 6):
                 shifted = torch.zeros_like(x[b])
-                src = x[b][:, max(0, -dy):16 - max(0, dy), max(0, -dx):20 - max(0, dx)]
-                shifted[:, max(0, dy):max(0, dy) + src.shape[1], max(0, dx):max(0, dx) + src.shape[2]] = src
+                src = x[b][:, max(0, -dy) : 16 - max(0, dy), max(0, -dx) : 20 - max(0, dx)]
+                shifted[:, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]] = src
                 match |= torch.allclose(y[b], shifted, atol=1e-5)
         assert match
     torch.testing.assert_close(random_affine(x, 0.0, 0.0, gen()), x, atol=1e-5, rtol=0)

@@ -26,8 +26,9 @@ def test_profiles_are_deterministic():
 
 def test_photos_follow_the_documented_distribution():
     photos = generate(PayloadProfile.PHOTOS, 24, seed=0)
-    bands = [next(i for i, (_, (lo, hi)) in enumerate(PHOTO_BANDS) if lo * 0.97 <= p.megapixels <= hi * 1.03)
-             for p in photos]  # every photo falls in a band (rounding to whole pixels aside)
+    bands = [
+        next(i for i, (_, (lo, hi)) in enumerate(PHOTO_BANDS) if lo * 0.97 <= p.megapixels <= hi * 1.03) for p in photos
+    ]  # every photo falls in a band (rounding to whole pixels aside)
     assert set(bands) == {0, 1, 2}, bands
     assert sum(p.format == "JPEG" for p in photos) >= 18
     assert any(p.orientation != 1 for p in photos)
@@ -58,9 +59,22 @@ def test_directory_payloads_describe_real_files(tmp_path: Path):
 
 def test_decode_benchmark_prints_both_paths_side_by_side(tmp_path: Path):
     out = tmp_path / "decode.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--num-images", "4",
-                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "decode.py"),
+            "--num-images",
+            "4",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "full decode + crop, ms | crop-first, ms | speed-up" in proc.stdout
     report = json.loads(out.read_text())

@@ -12,8 +12,10 @@ from serving import procfs
 
 
 def test_facts_of_a_live_tree_then_of_a_zombie() -> None:
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
-           "x = 0\nfor i in range(3_000_000): x += i\ntime.sleep(60)"
+    code = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "x = 0\nfor i in range(3_000_000): x += i\ntime.sleep(60)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 30

@@ -34,8 +34,15 @@ TRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 
 
 def _export(checkpoint: Path, out: Path, fft: str, precision: str = "fp32") -> Path:
-    export_onnx(ExportConfig(checkpoint=checkpoint, out=out, fft_impl=OnnxFFT(fft), precision=Precision(precision),
-                             parity_batch_sizes=(2,)))
+    export_onnx(
+        ExportConfig(
+            checkpoint=checkpoint,
+            out=out,
+            fft_impl=OnnxFFT(fft),
+            precision=Precision(precision),
+            parity_batch_sizes=(2,),
+        )
+    )
     return out
 
 
@@ -61,8 +68,17 @@ def test_operator_lists_are_well_formed():
         assert ("DFT" in ops) == (version >= (11, 2))
 
 
-@pytest.mark.parametrize(("requested", "used"), [("10.0", "10.0"), ("10.8", "10.1"), ("10.8.0.43", "10.1"),
-                                                  ("10.16.1", "10.16"), ("11.2", "11.2"), ("11.3", "11.2")])
+@pytest.mark.parametrize(
+    ("requested", "used"),
+    [
+        ("10.0", "10.0"),
+        ("10.8", "10.1"),
+        ("10.8.0.43", "10.1"),
+        ("10.16.1", "10.16"),
+        ("11.2", "11.2"),
+        ("11.3", "11.2"),
+    ],
+)
 def test_version_matching_takes_newest_list_not_newer(requested, used):
     version, path = resolve_list(requested)
     assert ".".join(map(str, version)) == used and path.name == f"trt_ops_{used}.txt"
@@ -101,8 +117,9 @@ def test_ops_are_collected_through_subgraphs_functions_and_domains(tmp_path, cap
 
     branch = helper.make_graph([helper.make_node("DFT", ["x"], ["spec"], onesided=0)], "then", [], [value("spec")])
     other = helper.make_graph([helper.make_node("Identity", ["x"], ["same"])], "else", [], [value("same")])
-    local = helper.make_function("local.fn", "Smooth", ["a"], ["b"], [helper.make_node("Erf", ["a"], ["b"])],
-                                 [helper.make_opsetid("", 20)])
+    local = helper.make_function(
+        "local.fn", "Smooth", ["a"], ["b"], [helper.make_node("Erf", ["a"], ["b"])], [helper.make_opsetid("", 20)]
+    )
     nodes = [
         helper.make_node("ReduceMax", ["x"], ["flag"], keepdims=0),
         helper.make_node("Cast", ["flag"], ["cond"], to=TensorProto.BOOL),
@@ -113,8 +130,15 @@ def test_ops_are_collected_through_subgraphs_functions_and_domains(tmp_path, cap
         helper.make_node("Foo", ["m"], ["out"], domain="com.example"),
     ]
     graph = helper.make_graph(nodes, "g", [value("x")], [value("out", ())])
-    model = helper.make_model(graph, functions=[local], opset_imports=[
-        helper.make_opsetid("", 20), helper.make_opsetid("local.fn", 1), helper.make_opsetid("com.example", 1)])
+    model = helper.make_model(
+        graph,
+        functions=[local],
+        opset_imports=[
+            helper.make_opsetid("", 20),
+            helper.make_opsetid("local.fn", 1),
+            helper.make_opsetid("com.example", 1),
+        ],
+    )
     path = tmp_path / "nested.onnx"
     path.write_bytes(model.SerializeToString())
 
@@ -144,7 +168,10 @@ def test_engine_cli_without_tensorrt_is_one_line(graphs, tmp_path):
     plan = tmp_path / "model.plan"
     proc = subprocess.run(
         [sys.executable, "-m", "export", "engine", "--onnx", str(graphs["matmul"]), "--out", str(plan)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
@@ -157,10 +184,19 @@ def test_engine_cli_without_tensorrt_is_one_line(graphs, tmp_path):
 # --- engine metadata compatibility -------------------------------------------------------------------------------
 
 
-def _engine_json(path: Path, trt_version: str = "10.8.0.43", gpu: str = "NVIDIA H100 80GB HBM3",
-                 cc: str = "9.0") -> Path:
-    path.write_text(json.dumps({"tensorrt_version": trt_version, "gpu": {"name": gpu, "compute_capability": cc},
-                                "precision": "fp16", "plan": {"file": "model.plan", "sha256": "0" * 64}}))
+def _engine_json(
+    path: Path, trt_version: str = "10.8.0.43", gpu: str = "NVIDIA H100 80GB HBM3", cc: str = "9.0"
+) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "tensorrt_version": trt_version,
+                "gpu": {"name": gpu, "compute_capability": cc},
+                "precision": "fp16",
+                "plan": {"file": "model.plan", "sha256": "0" * 64},
+            }
+        )
+    )
     return path
 
 
@@ -170,12 +206,15 @@ def test_engine_metadata_match_passes(tmp_path):
     assert check_engine_compatible(json.loads(path.read_text()), "10.8.0", "nvidia  h100 80gb hbm3")
 
 
-@pytest.mark.parametrize(("runtime", "gpu", "cc", "reason"), [
-    ("10.3.0.26", "NVIDIA H100 80GB HBM3", None, "TensorRT version differs"),
-    ("11.2.1", "NVIDIA H100 80GB HBM3", None, "TensorRT version differs"),
-    ("10.8.0.43", "NVIDIA A10G", None, "GPU differs"),
-    ("10.8.0.43", "NVIDIA H100 80GB HBM3", "8.0", "compute capability differs"),
-])
+@pytest.mark.parametrize(
+    ("runtime", "gpu", "cc", "reason"),
+    [
+        ("10.3.0.26", "NVIDIA H100 80GB HBM3", None, "TensorRT version differs"),
+        ("11.2.1", "NVIDIA H100 80GB HBM3", None, "TensorRT version differs"),
+        ("10.8.0.43", "NVIDIA A10G", None, "GPU differs"),
+        ("10.8.0.43", "NVIDIA H100 80GB HBM3", "8.0", "compute capability differs"),
+    ],
+)
 def test_engine_metadata_mismatch_raises(tmp_path, runtime, gpu, cc, reason):
     path = _engine_json(tmp_path / "model.engine.json")
     with pytest.raises(EngineMismatchError) as info:
@@ -295,8 +334,15 @@ def test_builder_flow_with_stub_api(graphs, tmp_path, monkeypatch):
     trt = _stub_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     cache = tmp_path / "trt.cache"
-    config = EngineConfig(onnx=graphs["matmul"], out=tmp_path / "engines" / "model.plan", min_batch=1,
-                          opt_batch=4, max_batch=64, workspace_gib=0.5, timing_cache=cache)
+    config = EngineConfig(
+        onnx=graphs["matmul"],
+        out=tmp_path / "engines" / "model.plan",
+        min_batch=1,
+        opt_batch=4,
+        max_batch=64,
+        workspace_gib=0.5,
+        timing_cache=cache,
+    )
     result = build_engine(config)
     assert trt.calls["network_flags"] == 1 << 5  # STRONGLY_TYPED, nothing else
     assert "flags" not in trt.calls  # no BuilderFlag (FP16 comes from the graph)
@@ -351,12 +397,22 @@ def test_engine_matches_onnxruntime(checkpoint, tmp_path):
         pytest.skip("needs a CUDA GPU")
     onnx_path = _export(checkpoint, tmp_path / "model.onnx", "matmul", "fp16")
     cache = tmp_path / "trt.cache"
-    result = build_engine(EngineConfig(onnx=onnx_path, out=tmp_path / "model.plan", min_batch=1, opt_batch=4,
-                                       max_batch=8, workspace_gib=1.0, timing_cache=cache))
+    result = build_engine(
+        EngineConfig(
+            onnx=onnx_path,
+            out=tmp_path / "model.plan",
+            min_batch=1,
+            opt_batch=4,
+            max_batch=8,
+            workspace_gib=1.0,
+            timing_cache=cache,
+        )
+    )
     assert cache.stat().st_size > 0
     major, minor = torch.cuda.get_device_capability(0)
-    meta = check_engine_compatible(result.metadata_path, trt.__version__, torch.cuda.get_device_name(0),
-                                   f"{major}.{minor}")
+    meta = check_engine_compatible(
+        result.metadata_path, trt.__version__, torch.cuda.get_device_name(0), f"{major}.{minor}"
+    )
     assert meta["precision"] == "fp16" and meta["plan"]["sha256"] == sha256_file(result.plan)
 
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(result.plan.read_bytes())
@@ -366,8 +422,7 @@ def test_engine_matches_onnxruntime(checkpoint, tmp_path):
     image = torch.from_numpy(images).cuda()
     context.set_input_shape("IMAGE", tuple(image.shape))
     context.set_tensor_address("IMAGE", image.data_ptr())
-    torch_dtype = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-                   trt.DataType.BOOL: torch.bool}
+    torch_dtype = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BOOL: torch.bool}
     outputs = {}
     for name in OUTPUT_NAMES:
         shape = tuple(context.get_tensor_shape(name))

@@ -48,9 +48,21 @@ def one_thread():
 
 
 def tiny(data: Path, out: Path, **changes) -> TrainConfig:
-    options = dict(data=data, out=out, backbone="efficientnet_lite0", pretrained=True, image_size=32, epochs=2,
-                   epoch_steps=2, batch_size=8, workers=0, seed=3, mask="frequency", mask_band="low+mid",
-                   mask_ratio=0.3)
+    options = dict(
+        data=data,
+        out=out,
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=32,
+        epochs=2,
+        epoch_steps=2,
+        batch_size=8,
+        workers=0,
+        seed=3,
+        mask="frequency",
+        mask_band="low+mid",
+        mask_ratio=0.3,
+    )
     return TrainConfig(**{**options, **changes})
 
 
@@ -59,20 +71,20 @@ def tiny(data: Path, out: Path, **changes) -> TrainConfig:
 
 def test_plateau_schedule_on_a_synthetic_accuracy_sequence() -> None:
     s = PlateauSchedule(initial_lr=1e-4)
-    assert s.update(0.50) and s.best == 0.50                 # first epoch always improves
+    assert s.update(0.50) and s.best == 0.50  # first epoch always improves
     assert s.update(0.60)
-    assert not s.update(0.6009)                              # +0.0009: not more than 0.001
+    assert not s.update(0.6009)  # +0.0009: not more than 0.001
     assert s.best == 0.60 and s.bad_epochs == 1
     for _ in range(3):
         assert not s.update(0.55)
     assert s.lr == 1e-4 and s.bad_epochs == 4
-    assert not s.update(0.60)                                # 5th epoch without improvement: lr x0.1
+    assert not s.update(0.60)  # 5th epoch without improvement: lr x0.1
     assert s.lr == pytest.approx(1e-5) and s.bad_epochs == 0 and not s.stopped
-    assert s.update(0.6011)                                  # +0.0011 improves and resets the count
+    assert s.update(0.6011)  # +0.0011 improves and resets the count
     for _ in range(4):
         s.update(0.6)
     assert not s.stopped and s.lr == pytest.approx(1e-5)
-    s.update(0.6)                                            # second plateau: lr reaches 1e-6 = initial / 100
+    s.update(0.6)  # second plateau: lr reaches 1e-6 = initial / 100
     assert s.stopped and s.lr == pytest.approx(1e-6)
     with pytest.raises(RuntimeError):
         s.update(0.9)
@@ -139,8 +151,18 @@ def test_resume_refuses_changed_training_options(tmp_path: Path) -> None:
 
 def test_training_options_reach_the_run(small_dataset: Path, tmp_path: Path, one_thread) -> None:
     """Another masking kind in the pixel domain, constant lr, max_steps across epochs."""
-    config = tiny(small_dataset, tmp_path / "run", mask="patch", mask_band="all", mask_ratio=0.25,
-                  mask_domain="pixels", mask_rotate=10, early_stopping=False, epochs=3, max_steps=3)
+    config = tiny(
+        small_dataset,
+        tmp_path / "run",
+        mask="patch",
+        mask_band="all",
+        mask_ratio=0.25,
+        mask_domain="pixels",
+        mask_rotate=10,
+        early_stopping=False,
+        epochs=3,
+        max_steps=3,
+    )
     checkpoint = train(config)
     records = [json.loads(x) for x in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3] and all(r["lr"] == 1e-4 for r in records)
@@ -157,10 +179,35 @@ def test_training_options_reach_the_run(small_dataset: Path, tmp_path: Path, one
 def test_ddp_two_processes_on_cpu_write_a_loadable_checkpoint(small_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.train", "--data", str(small_dataset), "--out", str(out), "--pretrained",
-           "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--epoch-steps", "2", "--workers", "0",
-           "--device", "cpu", "--seed", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.train",
+        "--data",
+        str(small_dataset),
+        "--out",
+        str(out),
+        "--pretrained",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--epoch-steps",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = load_state(out / LAST_FILE)

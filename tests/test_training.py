@@ -183,14 +183,32 @@ def test_training_help_shows_every_default() -> None:
 
     recipe = json.loads((Path(__file__).resolve().parents[1] / "detectors/default/training_config.json").read_text())
     defaults = TrainConfig(data=Path("d"), out=Path("o")).to_dict()
-    for key in ("backbone", "pretrained", "image_size", "epochs", "batch_size", "lr", "weight_decay", "mask",
-                "mask_band", "mask_ratio", "mask_per_channel", "blur_prob", "jpeg_prob", "target_fpr"):
+    for key in (
+        "backbone",
+        "pretrained",
+        "image_size",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "mask",
+        "mask_band",
+        "mask_ratio",
+        "mask_per_channel",
+        "blur_prob",
+        "jpeg_prob",
+        "target_fpr",
+    ):
         assert defaults[key] == recipe[key], key
 
     options = " ".join(get_args_parser().format_help().split()).split("options:", 1)[1]
-    for flag, default in (("--epochs", TrainConfig.epochs), ("--mask-ratio", TrainConfig.mask_ratio),
-                          ("--lr", TrainConfig.lr), ("--image-size", TrainConfig.image_size),
-                          ("--pretrained,", TrainConfig.pretrained)):
+    for flag, default in (
+        ("--epochs", TrainConfig.epochs),
+        ("--mask-ratio", TrainConfig.mask_ratio),
+        ("--lr", TrainConfig.lr),
+        ("--image-size", TrainConfig.image_size),
+        ("--pretrained,", TrainConfig.pretrained),
+    ):
         described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]  # --pretrained, --no-pretrained: ...
         assert f"(default: {default})" in described, (flag, described)
 
@@ -219,9 +237,20 @@ def test_training_transforms_pad_crop_blur_jpeg() -> None:
 def trained(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run directory of a real short training on the small build (64 px, frequency masking)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    config = TrainConfig(data=small_dataset, out=run, backbone="efficientnet_lite0", pretrained=True,
-                         image_size=64, epochs=TRAIN_EPOCHS, batch_size=32, mask="frequency", mask_ratio=0.15,
-                         seed=0, target_fpr=0.05, workers=0)
+    config = TrainConfig(
+        data=small_dataset,
+        out=run,
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=64,
+        epochs=TRAIN_EPOCHS,
+        batch_size=32,
+        mask="frequency",
+        mask_ratio=0.15,
+        seed=0,
+        target_fpr=0.05,
+        workers=0,
+    )
     assert train(config) == run / CHECKPOINT_DIR
     return run
 
@@ -288,8 +317,9 @@ def _png(array: np.ndarray) -> bytes:
 
 
 @pytest.mark.triton
-def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(small_dataset: Path, trained: Path,
-                                                                               tmp_path: Path) -> None:
+def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(
+    small_dataset: Path, trained: Path, tmp_path: Path
+) -> None:
     """Generated tiles around a real centre tile: the centre window alone scores the real tile and calls the image
     real; a 3 x 3 coverage (max) calls it fake, identically in PyTorch, in the exported graph and through a real
     tritonserver over gRPC (raw tritonclient)."""
@@ -311,10 +341,11 @@ def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(sm
     ring = [int(i) for i in fakes[np.argsort(probs[fakes])[::-1][:8]]]  # the most fake-looking fakes around it
     tiles = [center_crop_or_pad(decode_image(val.samples[i].path.read_bytes()), (64, 64)) for i in ring]
     tiles.insert(4, center_crop_or_pad(decode_image(val.samples[centre].path.read_bytes()), (64, 64)))
-    collage = _png(np.concatenate([np.concatenate(tiles[r * 3:r * 3 + 3], axis=1) for r in range(3)], axis=0))
+    collage = _png(np.concatenate([np.concatenate(tiles[r * 3 : r * 3 + 3], axis=1) for r in range(3)], axis=0))
 
-    nine_dir = recalibrate(trained / CHECKPOINT_DIR, small_dataset, "validation", 0, tmp_path / "nine",
-                           coverage=Coverage(crops=9, top_k=1))
+    nine_dir = recalibrate(
+        trained / CHECKPOINT_DIR, small_dataset, "validation", 0, tmp_path / "nine", coverage=Coverage(crops=9, top_k=1)
+    )
     nine = load_detector(nine_dir)
     assert nine.metadata.coverage == Coverage(crops=9, top_k=1)
 

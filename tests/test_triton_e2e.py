@@ -68,8 +68,9 @@ def test_served_preprocess_reads_jpeg_regions(triton_server, checkpoint):
     in-process full decode does."""
     from core.preprocess import center_crop_or_pad, decode_image
 
-    ready = [line for line in triton_server.log_path.read_text(errors="replace").splitlines()
-             if "preprocess ready" in line]
+    ready = [
+        line for line in triton_server.log_path.read_text(errors="replace").splitlines() if "preprocess ready" in line
+    ]
     assert ready and all("centre regions read with" in line for line in ready), ready
     photo = encode(photo_like(1536, 2048, seed=11), "JPEG", quality=85)
     prob = float(_infer(triton_server.grpc_url, photo).as_numpy("PROB_FAKE")[0, 0])
@@ -105,8 +106,12 @@ def test_bad_images_fail_alone(triton_server, mixed_images):
     for result in results[: len(good)]:
         assert not isinstance(result, Exception), result
         assert 0.0 <= float(result.as_numpy("PROB_FAKE")[0, 0]) <= 1.0
-    reasons = {"corrupt": "not a recognised image", "empty": "empty payload", "truncated": "truncated",
-               "text": "not a recognised image"}
+    reasons = {
+        "corrupt": "not a recognised image",
+        "empty": "empty payload",
+        "truncated": "truncated",
+        "text": "not a recognised image",
+    }
     for (name, _), result in zip(bad.items(), results[len(good) :]):
         assert isinstance(result, grpcclient.InferenceServerException), name
         assert result.status() == "StatusCode.INVALID_ARGUMENT", (name, result.status())
@@ -138,7 +143,10 @@ def test_serve_cli_stops_cleanly(cpu_repository):
     before = set(glob.glob("/dev/shm/fmdetect_*"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "triton_repo.server", "--model-repository", str(cpu_repository)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         line = ""

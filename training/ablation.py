@@ -45,10 +45,18 @@ CONFIGS = (
     MaskingConfig("none", ("--mask", "none"), "masking"),
     MaskingConfig("pixel 15%", ("--mask", "pixel", "--mask-ratio", "0.15"), "masking"),
     MaskingConfig("patch 15%", ("--mask", "patch", "--mask-ratio", "0.15"), "masking"),
-    MaskingConfig("frequency all 15%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
-    MaskingConfig("frequency low 15%", ("--mask", "frequency", "--mask-band", "low", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
-    MaskingConfig("frequency mid 15%", ("--mask", "frequency", "--mask-band", "mid", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
-    MaskingConfig("frequency high 15%", ("--mask", "frequency", "--mask-band", "high", "--mask-ratio", "0.15"), "masking"),  # noqa: E501
+    MaskingConfig(
+        "frequency all 15%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.15"), "masking"
+    ),  # noqa: E501
+    MaskingConfig(
+        "frequency low 15%", ("--mask", "frequency", "--mask-band", "low", "--mask-ratio", "0.15"), "masking"
+    ),  # noqa: E501
+    MaskingConfig(
+        "frequency mid 15%", ("--mask", "frequency", "--mask-band", "mid", "--mask-ratio", "0.15"), "masking"
+    ),  # noqa: E501
+    MaskingConfig(
+        "frequency high 15%", ("--mask", "frequency", "--mask-band", "high", "--mask-ratio", "0.15"), "masking"
+    ),  # noqa: E501
     MaskingConfig("frequency all 5%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.05"), "ratio"),
     MaskingConfig("frequency all 30%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.30"), "ratio"),
     MaskingConfig("frequency all 50%", ("--mask", "frequency", "--mask-band", "all", "--mask-ratio", "0.50"), "ratio"),
@@ -98,8 +106,11 @@ def benchmark_identity(data: Path) -> str:
     the build, and float arithmetic differs between CPUs, so each machine's build is one draw of the same
     benchmark (``benchmark_fingerprint`` tells the draws apart)."""
     manifest = _manifest(data)
-    identity = {"layout": manifest.get("layout"), "config": manifest["config"],
-                "photos": sorted(p["sha256"] for p in manifest["photos"])}
+    identity = {
+        "layout": manifest.get("layout"),
+        "config": manifest["config"],
+        "photos": sorted(p["sha256"] for p in manifest["photos"]),
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,9 +129,13 @@ def stored_run_path(results: Path, masking: MaskingConfig, seed: int) -> Path:
 
 def run_key(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict:
     """What a stored run must match to stand for this one: the benchmark's identity and every training flag."""
-    return {"benchmark": cfg.benchmark, "config": masking.name, "seed": seed,
-            "train_flags": [*masking.flags, *cfg.train_flags],
-            "test_time_masks": list(cfg.test_time_masks) if masking.name == REFERENCE else [0]}
+    return {
+        "benchmark": cfg.benchmark,
+        "config": masking.name,
+        "seed": seed,
+        "train_flags": [*masking.flags, *cfg.train_flags],
+        "test_time_masks": list(cfg.test_time_masks) if masking.name == REFERENCE else [0],
+    }
 
 
 def stored_record(cfg: AblationConfig, masking: MaskingConfig, seed: int) -> dict | None:
@@ -161,11 +176,33 @@ def train_and_evaluate(cfg: AblationConfig, masking: MaskingConfig, seed: int) -
     metrics_path = run / "eval" / "metrics.json"
     if not metrics_path.is_file():
         if not (run / "checkpoint" / "metadata.json").is_file():
-            _run(["training.train", "--data", str(cfg.data), "--out", str(run), "--seed", str(seed),
-                  *masking.flags, *cfg.train_flags])
+            _run(
+                [
+                    "training.train",
+                    "--data",
+                    str(cfg.data),
+                    "--out",
+                    str(run),
+                    "--seed",
+                    str(seed),
+                    *masking.flags,
+                    *cfg.train_flags,
+                ]
+            )
         masks = ",".join(map(str, cfg.test_time_masks)) if masking.name == REFERENCE else "0"
-        _run(["training.evaluate", "--checkpoint", str(run / "checkpoint"), "--data", str(cfg.data),
-              "--out", str(run / "eval"), "--masks", masks])
+        _run(
+            [
+                "training.evaluate",
+                "--checkpoint",
+                str(run / "checkpoint"),
+                "--data",
+                str(cfg.data),
+                "--out",
+                str(run / "eval"),
+                "--masks",
+                masks,
+            ]
+        )
     metrics = json.loads(metrics_path.read_text())
     if cfg.results is not None:
         store_metrics(cfg, masking, seed, metrics, f"python -m training.ablation (run folder {run})")
@@ -203,8 +240,10 @@ def summarise(cfg: AblationConfig, results: dict[str, list[dict]]) -> dict:
 
 
 def markdown_table(rows: dict, configs: tuple[MaskingConfig, ...]) -> str:
-    lines = ["| training masking | unseen AP | unseen acc (calibrated) | seen AP | seeds |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| training masking | unseen AP | unseen acc (calibrated) | seen AP | seeds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for c in configs:
         if c.name not in rows:
             continue
@@ -231,11 +270,15 @@ def per_family_table(rows: dict, configs: tuple[MaskingConfig, ...], seen: tuple
 def test_time_table(sweep: dict[str, dict[str, tuple[float, float]]]) -> str:
     if not sweep:
         return ""
-    lines = ["| test-time masks K | AP (all testing families) | calibrated acc | ms / image |",
-             "| ---: | --- | --- | ---: |"]
+    lines = [
+        "| test-time masks K | AP (all testing families) | calibrated acc | ms / image |",
+        "| ---: | --- | --- | ---: |",
+    ]
     for k, row in sweep.items():
-        lines.append(f"| {k} | {row['ap'][0]:.3f} ± {row['ap'][1]:.3f} | {row['acc_calibrated'][0]:.3f} ± "
-                     f"{row['acc_calibrated'][1]:.3f} | {row['ms_per_image'][0]:.2f} |")
+        lines.append(
+            f"| {k} | {row['ap'][0]:.3f} ± {row['ap'][1]:.3f} | {row['acc_calibrated'][0]:.3f} ± "
+            f"{row['acc_calibrated'][1]:.3f} | {row['ms_per_image'][0]:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -248,12 +291,19 @@ def plot(rows: dict, configs: tuple[MaskingConfig, ...], path: Path) -> None:
 
     names = [c.name for c in configs if c.name in rows]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), dpi=120)
-    for ax, key, title in ((axes[0], "unseen_ap", "AP on unseen families"),
-                           (axes[1], "unseen_acc", "calibrated accuracy on unseen families")):
+    for ax, key, title in (
+        (axes[0], "unseen_ap", "AP on unseen families"),
+        (axes[1], "unseen_acc", "calibrated accuracy on unseen families"),
+    ):
         means = [rows[n][key][0] for n in names]
         stds = [rows[n][key][1] for n in names]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=3,
-               color=["#888" if n == "none" else "#4a7" if n.startswith("frequency") else "#47a" for n in names])
+        ax.bar(
+            range(len(names)),
+            means,
+            yerr=stds,
+            capsize=3,
+            color=["#888" if n == "none" else "#4a7" if n.startswith("frequency") else "#47a" for n in names],
+        )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_ylim(max(0.0, min(means) - 0.1), 1.0)
         ax.set_title(title, fontsize=10)
@@ -295,24 +345,40 @@ def run(cfg: AblationConfig) -> dict:
     for masking in cfg.configs:
         for seed in cfg.seeds:
             done += 1
-            print(f"[{done}/{total}] {masking.name}, seed {seed} ({time.monotonic() - start:.0f} s elapsed)",
-                  flush=True)
+            print(
+                f"[{done}/{total}] {masking.name}, seed {seed} ({time.monotonic() - start:.0f} s elapsed)", flush=True
+            )
             results.setdefault(masking.name, []).append(train_and_evaluate(cfg, masking, seed))
     rows = summarise(cfg, results)
-    builds = sorted({(stored_record(cfg, m, seed) or {}).get("build") or cfg.build
-                     for m in cfg.configs for seed in cfg.seeds})
-    report = {"seen_families": list(cfg.seen_families), "seeds": list(cfg.seeds),
-              "train_flags": list(cfg.train_flags), "benchmark": cfg.benchmark, "builds": builds,
-              "configs": rows, "test_time_masking": test_time_masking(results)}
+    builds = sorted(
+        {(stored_record(cfg, m, seed) or {}).get("build") or cfg.build for m in cfg.configs for seed in cfg.seeds}
+    )
+    report = {
+        "seen_families": list(cfg.seen_families),
+        "seeds": list(cfg.seeds),
+        "train_flags": list(cfg.train_flags),
+        "benchmark": cfg.benchmark,
+        "builds": builds,
+        "configs": rows,
+        "test_time_masking": test_time_masking(results),
+    }
     (cfg.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = "\n\n".join(part for part in (
-        markdown_table(rows, cfg.configs), per_family_table(rows, cfg.configs, cfg.seen_families),
-        test_time_table(report["test_time_masking"])) if part)
+    table = "\n\n".join(
+        part
+        for part in (
+            markdown_table(rows, cfg.configs),
+            per_family_table(rows, cfg.configs, cfg.seen_families),
+            test_time_table(report["test_time_masking"]),
+        )
+        if part
+    )
     (cfg.out / "ablation.md").write_text(table + "\n")
     plot(rows, cfg.configs, cfg.out / "ablation.png")
     print("\n" + table)
-    print(f"\nwrote {cfg.out / 'ablation.json'}, {cfg.out / 'ablation.md'}, {cfg.out / 'ablation.png'} "
-          f"in {time.monotonic() - start:.0f} s")
+    print(
+        f"\nwrote {cfg.out / 'ablation.json'}, {cfg.out / 'ablation.md'}, {cfg.out / 'ablation.png'} "
+        f"in {time.monotonic() - start:.0f} s"
+    )
     return report
 
 
@@ -321,14 +387,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="benchmark built by training.benchmark")
     p.add_argument("--out", type=Path, required=True, help="folder for runs and the report")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--configs", default="all",
-                   help="comma-separated config names (see CONFIGS) or 'all'; e.g. 'none,frequency all 15%%'")
+    p.add_argument(
+        "--configs",
+        default="all",
+        help="comma-separated config names (see CONFIGS) or 'all'; e.g. 'none,frequency all 15%%'",
+    )
     p.add_argument("--test-time-masks", default="0,1,2,4", help="K values swept for the reference config")
-    p.add_argument("--train-flags", default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 10",
-                   help="flags passed to every training run")
-    p.add_argument("--results", type=Path, default=RESULTS_STORE,
-                   help="store of finished runs' evaluations, reused across machines when the benchmark's content "
-                        "and the flags match (default: %(default)s, committed)")
+    p.add_argument(
+        "--train-flags",
+        default="--backbone efficientnet_lite0 --pretrained --image-size 128 --epochs 10",
+        help="flags passed to every training run",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_STORE,
+        help="store of finished runs' evaluations, reused across machines when the benchmark's content "
+        "and the flags match (default: %(default)s, committed)",
+    )
     p.add_argument("--no-results", action="store_true", help="neither read nor write the results store")
     return p
 
@@ -347,11 +423,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         configs = tuple(by_name[n] for n in wanted)
     cfg = AblationConfig(
-        data=args.data, out=args.out, seeds=tuple(int(s) for s in args.seeds.split(",")), configs=configs,
-        train_flags=tuple(args.train_flags.split()), seen_families=seen_families(args.data),
+        data=args.data,
+        out=args.out,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        configs=configs,
+        train_flags=tuple(args.train_flags.split()),
+        seen_families=seen_families(args.data),
         test_time_masks=tuple(int(k) for k in args.test_time_masks.split(",")),
         results=None if args.no_results else args.results,
-        benchmark=benchmark_identity(args.data), build=benchmark_fingerprint(args.data),
+        benchmark=benchmark_identity(args.data),
+        build=benchmark_fingerprint(args.data),
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
     run(cfg)

@@ -38,24 +38,40 @@ logger = logging.getLogger(__name__)
 METHOD = "fpr_on_validation_real"
 
 
-def calibrate(model: Detector, real_dir: Path, target_fpr: float, batch_size: int, device: torch.device,
-              method: str = METHOD) -> tuple[Threshold, dict[str, Any]]:
+def calibrate(
+    model: Detector, real_dir: Path, target_fpr: float, batch_size: int, device: torch.device, method: str = METHOD
+) -> tuple[Threshold, dict[str, Any]]:
     """Threshold at ``target_fpr`` on the real images under ``real_dir``; returns it and a short report."""
-    dataset = RealFakeDataset(real_dir, image_size=model.metadata.input_size, train=False,
-                              crops=model.metadata.coverage.crops)
+    dataset = RealFakeDataset(
+        real_dir, image_size=model.metadata.input_size, train=False, crops=model.metadata.coverage.crops
+    )
     reals = [i for i, s in enumerate(dataset.samples) if s.label == 0]
     if not reals:
         raise FileNotFoundError(f"no real images (0_real folders) under {real_dir}")
     probs = predict(model.to(device), Subset(dataset, reals), batch_size, device, desc="calibrate").probs
     value = threshold_at_fpr(probs, target_fpr)
     report = {"calibrated_on": str(real_dir), "n_real": len(reals), "fpr": false_positive_rate(probs, value)}
-    logger.info("threshold %.6g at target FPR %.3f on %d real images (achieved %.4f)", value, target_fpr,
-                len(reals), report["fpr"])
+    logger.info(
+        "threshold %.6g at target FPR %.3f on %d real images (achieved %.4f)",
+        value,
+        target_fpr,
+        len(reals),
+        report["fpr"],
+    )
     return Threshold(value=value, method=method, target_fpr=target_fpr), report
 
 
-def recalibrate(checkpoint: Path, data: Path, split: str, masks: int, out: Path, target_fpr: float | None = None,
-                batch_size: int = 64, device: str = "auto", coverage: Coverage | None = None) -> Path:
+def recalibrate(
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    masks: int,
+    out: Path,
+    target_fpr: float | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    coverage: Coverage | None = None,
+) -> Path:
     """The checkpoint with ``masks`` test-time masks (and ``coverage``, when given) and a threshold calibrated for
     them, written to ``out``."""
     model = load_detector(checkpoint)
@@ -65,10 +81,15 @@ def recalibrate(checkpoint: Path, data: Path, split: str, masks: int, out: Path,
         variant = with_coverage(variant, coverage)
     threshold, report = calibrate(variant, resolve_split(data, split), target, batch_size, resolve_device(device))
     metrics = dict(variant.metadata.metrics or {})
-    metrics["calibration"] = {**report, "test_time_masks": masks, "crops": variant.metadata.coverage.crops,
-                              "crops_top_k": variant.metadata.coverage.top_k}
-    metadata = variant.metadata.with_updates(threshold=threshold, metrics=metrics,
-                                             fft_stage=replace(variant.metadata.fft_stage, masks=masks))
+    metrics["calibration"] = {
+        **report,
+        "test_time_masks": masks,
+        "crops": variant.metadata.coverage.crops,
+        "crops_top_k": variant.metadata.coverage.top_k,
+    }
+    metadata = variant.metadata.with_updates(
+        threshold=threshold, metrics=metrics, fft_stage=replace(variant.metadata.fft_stage, masks=masks)
+    )
     # Written next to the target first, so a failure never leaves a half-written checkpoint at ``out``.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,15 +103,23 @@ def recalibrate(checkpoint: Path, data: Path, split: str, masks: int, out: Path,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.calibrate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout)")
     parser.add_argument("--split", default="validation", help="split whose 0_real images calibrate")
     parser.add_argument("--masks", type=int, default=0, help="test-time FFT masks K (0: the stage is skipped)")
-    parser.add_argument("--crops", type=parse_coverage, default=None, metavar="C[:TOP_K]",
-                        help="windows per image and the top-k rule (1: the centre; 9: a 3 x 3 grid, max; 9:3: mean "
-                             "of the top 3); default: the checkpoint's own")
+    parser.add_argument(
+        "--crops",
+        type=parse_coverage,
+        default=None,
+        metavar="C[:TOP_K]",
+        help="windows per image and the top-k rule (1: the centre; 9: a 3 x 3 grid, max; 9:3: mean "
+        "of the top 3); default: the checkpoint's own",
+    )
     parser.add_argument("--target-fpr", type=float, default=None, help="default: the checkpoint's own target")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size")
@@ -105,8 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--masks takes a count >= 0, got %d", args.masks)
         return 2
     try:
-        out = recalibrate(args.checkpoint, args.data, args.split, args.masks, args.out, args.target_fpr,
-                          args.batch_size, args.device, args.crops)
+        out = recalibrate(
+            args.checkpoint,
+            args.data,
+            args.split,
+            args.masks,
+            args.out,
+            args.target_fpr,
+            args.batch_size,
+            args.device,
+            args.crops,
+        )
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -61,6 +61,11 @@ def threshold_at_fpr(real_probs: Sequence[float] | np.ndarray, target_fpr: float
         threshold = float(np.nextafter(unique[-1], np.inf))
     else:
         threshold = float(unique[ok[0]])
-    logger.debug("threshold %.6g: real FPR %.4f (target %.4f, n=%d)", threshold,
-                 np.mean(values >= threshold), target_fpr, values.size)
+    logger.debug(
+        "threshold %.6g: real FPR %.4f (target %.4f, n=%d)",
+        threshold,
+        np.mean(values >= threshold),
+        target_fpr,
+        values.size,
+    )
     return threshold

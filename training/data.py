@@ -51,7 +51,6 @@ class Split(str, Enum):
     TESTING = "testing"
 
 
-
 @dataclass(frozen=True)
 class Sample:
     """One image file with its label (0 real, 1 fake) and generator name."""
@@ -102,8 +101,10 @@ def scan_samples(root: str | Path, generators: tuple[str, ...] | None = None) ->
     return samples
 
 
-EXPECTED_LAYOUT = (f"expected ROOT/<split>/[<generator>/]{{{REAL_DIR},{FAKE_DIR}}}/<images>, with splits training/ and "
-                   f"validation/ (and testing/ to evaluate): {REAL_DIR}/ holds real photos, {FAKE_DIR}/ generated ones")
+EXPECTED_LAYOUT = (
+    f"expected ROOT/<split>/[<generator>/]{{{REAL_DIR},{FAKE_DIR}}}/<images>, with splits training/ and "
+    f"validation/ (and testing/ to evaluate): {REAL_DIR}/ holds real photos, {FAKE_DIR}/ generated ones"
+)
 
 
 def layout_hint(root: Path) -> str:
@@ -111,8 +112,10 @@ def layout_hint(root: Path) -> str:
     names = {p.name.lower(): p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
     hint = EXPECTED_LAYOUT
     if {"real", "fake"} & set(names):
-        hint += (f". Found {sorted(names.values())}: rename real/ to {REAL_DIR}/ and fake/ to {FAKE_DIR}/, and put "
-                 f"them under training/ and validation/ (sources of photos kept apart between the two)")
+        hint += (
+            f". Found {sorted(names.values())}: rename real/ to {REAL_DIR}/ and fake/ to {FAKE_DIR}/, and put "
+            f"them under training/ and validation/ (sources of photos kept apart between the two)"
+        )
     return hint
 
 
@@ -183,8 +186,12 @@ class RealFakeDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         counts = Counter((s.generator, s.label) for s in self.samples)
-        logger.info("%s: %d images, %s", self.root, len(self.samples),
-                    ", ".join(f"{g}/{'fake' if y else 'real'}={n}" for (g, y), n in sorted(counts.items())))
+        logger.info(
+            "%s: %d images, %s",
+            self.root,
+            len(self.samples),
+            ", ".join(f"{g}/{'fake' if y else 'real'}={n}" for (g, y), n in sorted(counts.items())),
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -119,7 +119,8 @@ class Perturbation:
     @property
     def is_identity(self) -> bool:
         return (self.kind is Distortion.SCALE and self.level == 1.0) or (
-            self.kind is Distortion.BLUR and self.level == 0.0)
+            self.kind is Distortion.BLUR and self.level == 0.0
+        )
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         if self.is_identity:
@@ -197,8 +198,9 @@ class EvalConfig:
         object.__setattr__(self, "split", self.split or None)
         object.__setattr__(self, "calibration_split", self.calibration_split or None)
         object.__setattr__(self, "masks", tuple(int(k) for k in self.masks))
-        object.__setattr__(self, "coverages", tuple(c if isinstance(c, Coverage) else parse_coverage(str(c))
-                                                    for c in self.coverages))
+        object.__setattr__(
+            self, "coverages", tuple(c if isinstance(c, Coverage) else parse_coverage(str(c)) for c in self.coverages)
+        )
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError("batch_size must be >= 1 and workers >= 0")
         if any(k < 0 for k in self.masks):
@@ -208,8 +210,11 @@ class EvalConfig:
                 Perturbation(kind, level)  # raises on a level out of range
 
     def sweeps(self) -> dict[Distortion, tuple[float, ...]]:
-        return {Distortion.JPEG: tuple(float(q) for q in self.jpeg_qualities), Distortion.SCALE: self.scales,
-                Distortion.BLUR: self.blur_sigmas}
+        return {
+            Distortion.JPEG: tuple(float(q) for q in self.jpeg_qualities),
+            Distortion.SCALE: self.scales,
+            Distortion.BLUR: self.blur_sigmas,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -230,12 +235,12 @@ def parse_coverage(text: str) -> Coverage:
 
 
 @torch.no_grad()
-def predict(model: Detector, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0,
-            desc: str = "evaluate") -> Predictions:
+def predict(
+    model: Detector, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0, desc: str = "evaluate"
+) -> Predictions:
     """Logits of every item of ``dataset`` in order, and the time spent in the model."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     logits, labels, generators, seconds = [], [], [], 0.0
     for images, targets, gens in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
@@ -249,8 +254,9 @@ def predict(model: Detector, dataset: Dataset, batch_size: int, device: torch.de
         generators += list(gens)
     base = dataset.base if isinstance(dataset, EvalImages) else dataset
     paths = [str(s.path) for s in base.samples] if isinstance(base, RealFakeDataset) else [""] * len(generators)
-    return Predictions(np.concatenate(logits).astype(np.float32), np.concatenate(labels).astype(np.int64),
-                       generators, paths, seconds)
+    return Predictions(
+        np.concatenate(logits).astype(np.float32), np.concatenate(labels).astype(np.int64), generators, paths, seconds
+    )
 
 
 def summarise(pred: Predictions, threshold: float) -> dict[str, Any]:
@@ -278,8 +284,14 @@ def model_cost_ms(model: Detector, images: torch.Tensor, device: torch.device, r
     return 1000.0 * float(np.median(times)) / images.shape[0]
 
 
-def masking_sweep(model: Detector, dataset: RealFakeDataset, counts: tuple[int, ...], config: EvalConfig,
-                      threshold: float, device: torch.device) -> list[dict[str, Any]]:
+def masking_sweep(
+    model: Detector,
+    dataset: RealFakeDataset,
+    counts: tuple[int, ...],
+    config: EvalConfig,
+    threshold: float,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """AP, accuracies and cost (ms per image, ``model_cost_ms`` on the first batch) for every K of ``counts``."""
     timing_batch = torch.stack([dataset[i][0] for i in range(min(config.batch_size, len(dataset)))])
     rows = []
@@ -288,19 +300,27 @@ def masking_sweep(model: Detector, dataset: RealFakeDataset, counts: tuple[int, 
         pred = predict(variant, dataset, config.batch_size, device, config.workers, desc=f"masks={k}")
         mean = summarise(pred, threshold)["mean"]
         cost = model_cost_ms(variant, timing_batch, device)
-        rows.append({"masks": k, "ap": mean["ap"], "auc": mean["auc"], "acc": mean["acc"],
-                     "acc_calibrated": mean["acc_calibrated"], "ms_per_image": cost,
-                     "timing_batch": timing_batch.shape[0]})
-        logger.info("masks=%d: AP %.4f, calibrated acc %.4f, %.2f ms/image", k, mean["ap"],
-                    mean["acc_calibrated"], cost)
+        rows.append(
+            {
+                "masks": k,
+                "ap": mean["ap"],
+                "auc": mean["auc"],
+                "acc": mean["acc"],
+                "acc_calibrated": mean["acc_calibrated"],
+                "ms_per_image": cost,
+                "timing_batch": timing_batch.shape[0],
+            }
+        )
+        logger.info(
+            "masks=%d: AP %.4f, calibrated acc %.4f, %.2f ms/image", k, mean["ap"], mean["acc_calibrated"], cost
+        )
     base = next((r["ms_per_image"] for r in rows if r["masks"] == 0), None)
     for row in rows:
         row["relative_cost"] = row["ms_per_image"] / base if base else None
     return rows
 
 
-def coverage_sweep(model: Detector, config: EvalConfig, threshold: float,
-                   device: torch.device) -> list[dict[str, Any]]:
+def coverage_sweep(model: Detector, config: EvalConfig, threshold: float, device: torch.device) -> list[dict[str, Any]]:
     """Per coverage of ``config.coverages``: AP, accuracies, the share of reals called fake at the checkpoint's
     threshold (calibrated for its own coverage) and the model's cost per image (all windows)."""
     rows = []
@@ -308,62 +328,114 @@ def coverage_sweep(model: Detector, config: EvalConfig, threshold: float,
     for coverage in config.coverages:
         dataset = RealFakeDataset(config.data, config.split, size, train=False, crops=coverage.crops)
         variant = with_coverage(model, coverage)
-        pred = predict(variant, dataset, config.batch_size, device, config.workers,
-                       desc=f"crops={coverage.crops} top {coverage.top_k}")
+        pred = predict(
+            variant,
+            dataset,
+            config.batch_size,
+            device,
+            config.workers,
+            desc=f"crops={coverage.crops} top {coverage.top_k}",
+        )
         mean = summarise(pred, threshold)["mean"]
         timing_batch = torch.stack([dataset[i][0] for i in range(min(config.batch_size, len(dataset)))])
         cost = model_cost_ms(variant, timing_batch, device)
         reals = pred.labels == 0
-        rows.append({"crops": coverage.crops, "top_k": coverage.top_k, "ap": mean["ap"], "auc": mean["auc"],
-                     "acc_calibrated": mean["acc_calibrated"], "tpr_at_fpr_5": mean["tpr_at_fpr_5"],
-                     "real_fpr_at_threshold": float(np.mean(pred.probs[reals] >= threshold)) if reals.any() else None,
-                     "generators": {g: m["ap"] for g, m in summarise(pred, threshold)["generators"].items()},
-                     "ms_per_image": cost, "timing_batch": timing_batch.shape[0]})
-        logger.info("crops=%d top %d: AP %.4f, TPR@5%%FPR %.4f, %.2f ms/image", coverage.crops, coverage.top_k,
-                    mean["ap"], mean["tpr_at_fpr_5"], cost)
+        rows.append(
+            {
+                "crops": coverage.crops,
+                "top_k": coverage.top_k,
+                "ap": mean["ap"],
+                "auc": mean["auc"],
+                "acc_calibrated": mean["acc_calibrated"],
+                "tpr_at_fpr_5": mean["tpr_at_fpr_5"],
+                "real_fpr_at_threshold": float(np.mean(pred.probs[reals] >= threshold)) if reals.any() else None,
+                "generators": {g: m["ap"] for g, m in summarise(pred, threshold)["generators"].items()},
+                "ms_per_image": cost,
+                "timing_batch": timing_batch.shape[0],
+            }
+        )
+        logger.info(
+            "crops=%d top %d: AP %.4f, TPR@5%%FPR %.4f, %.2f ms/image",
+            coverage.crops,
+            coverage.top_k,
+            mean["ap"],
+            mean["tpr_at_fpr_5"],
+            cost,
+        )
     base = next((r["ms_per_image"] for r in rows if r["crops"] == 1), None)
     for row in rows:
         row["relative_cost"] = row["ms_per_image"] / base if base else None
     return rows
 
 
-def robustness_sweep(model: Detector, dataset: RealFakeDataset, config: EvalConfig, threshold: float,
-                     device: torch.device, clean: Predictions) -> dict[str, list[dict[str, Any]]]:
+def robustness_sweep(
+    model: Detector,
+    dataset: RealFakeDataset,
+    config: EvalConfig,
+    threshold: float,
+    device: torch.device,
+    clean: Predictions,
+) -> dict[str, list[dict[str, Any]]]:
     """Per degradation and level: mean and per-generator AP and calibrated accuracy."""
     out: dict[str, list[dict[str, Any]]] = {}
     for kind, levels in config.sweeps().items():
         out[kind.value] = []
         for level in levels:
             perturbation = Perturbation(kind, level)
-            pred = clean if perturbation.is_identity else predict(
-                model, EvalImages(dataset, perturbation), config.batch_size, device, config.workers,
-                desc=f"{kind.value}={level:g}")
+            pred = (
+                clean
+                if perturbation.is_identity
+                else predict(
+                    model,
+                    EvalImages(dataset, perturbation),
+                    config.batch_size,
+                    device,
+                    config.workers,
+                    desc=f"{kind.value}={level:g}",
+                )
+            )
             summary = summarise(pred, threshold)
-            out[kind.value].append({
-                "level": level, "ap": summary["mean"]["ap"], "acc_calibrated": summary["mean"]["acc_calibrated"],
-                "generators": {g: {"ap": m["ap"], "acc_calibrated": m["acc_calibrated"]}
-                               for g, m in summary["generators"].items()},
-            })
-            logger.info("%s %g: AP %.4f, calibrated acc %.4f", kind.value, level, summary["mean"]["ap"],
-                        summary["mean"]["acc_calibrated"])
+            out[kind.value].append(
+                {
+                    "level": level,
+                    "ap": summary["mean"]["ap"],
+                    "acc_calibrated": summary["mean"]["acc_calibrated"],
+                    "generators": {
+                        g: {"ap": m["ap"], "acc_calibrated": m["acc_calibrated"]}
+                        for g, m in summary["generators"].items()
+                    },
+                }
+            )
+            logger.info(
+                "%s %g: AP %.4f, calibrated acc %.4f",
+                kind.value,
+                level,
+                summary["mean"]["ap"],
+                summary["mean"]["acc_calibrated"],
+            )
     return out
 
 
-def temperature_calibration(model: Detector, config: EvalConfig, device: torch.device, test: Predictions,
-                            metadata: DetectorMetadata) -> dict[str, Any]:
+def temperature_calibration(
+    model: Detector, config: EvalConfig, device: torch.device, test: Predictions, metadata: DetectorMetadata
+) -> dict[str, Any]:
     """Fit a temperature on ``config.calibration_split``; ECE/NLL before and after on it and on the test split."""
     assert config.calibration_split is not None
-    dataset = RealFakeDataset(config.data, config.calibration_split, metadata.input_size, train=False,
-                              crops=metadata.coverage.crops)
+    dataset = RealFakeDataset(
+        config.data, config.calibration_split, metadata.input_size, train=False, crops=metadata.coverage.crops
+    )
     val = predict(model, dataset, config.batch_size, device, config.workers, desc=config.calibration_split)
     temperature = M.fit_temperature(val.logits, val.labels)
 
     def scores(pred: Predictions) -> dict[str, float]:
         scaled = sigmoid(pred.logits.astype(np.float64) / temperature).astype(np.float64)
-        return {"nll_before": M.nll(pred.logits, pred.labels),
-                "nll_after": M.nll(pred.logits, pred.labels, temperature),
-                "ece_before": M.expected_calibration_error(pred.probs, pred.labels),
-                "ece_after": M.expected_calibration_error(scaled, pred.labels), "n": len(pred.labels)}
+        return {
+            "nll_before": M.nll(pred.logits, pred.labels),
+            "nll_after": M.nll(pred.logits, pred.labels, temperature),
+            "ece_before": M.expected_calibration_error(pred.probs, pred.labels),
+            "ece_after": M.expected_calibration_error(scaled, pred.labels),
+            "n": len(pred.labels),
+        }
 
     t = metadata.threshold.value
     t_scaled = float(sigmoid(np.array([math.log(t / (1 - t)) / temperature]))[0]) if 0 < t < 1 else t
@@ -378,13 +450,20 @@ def temperature_calibration(model: Detector, config: EvalConfig, device: torch.d
         "implied_threshold": 0.5,
         "fpr_threshold": t,
         "fpr_threshold_temperature_scaled": t_scaled,
-        "note": ("temperature scaling changes confidence, not ranking or the decision at 0.5: the threshold it "
-                 "implies on prob_fake is 0.5. Serving keeps the FPR-calibrated threshold of the metadata."),
+        "note": (
+            "temperature scaling changes confidence, not ranking or the decision at 0.5: the threshold it "
+            "implies on prob_fake is 0.5. Serving keeps the FPR-calibrated threshold of the metadata."
+        ),
     }
-    logger.info("temperature %.4g on %s: ECE %.4f -> %.4f (test %.4f -> %.4f)", temperature,
-                config.calibration_split, report["fit"]["ece_before"], report["fit"]["ece_after"],
-                report["test"]["ece_before"],
-                report["test"]["ece_after"])
+    logger.info(
+        "temperature %.4g on %s: ECE %.4f -> %.4f (test %.4f -> %.4f)",
+        temperature,
+        config.calibration_split,
+        report["fit"]["ece_before"],
+        report["fit"]["ece_after"],
+        report["test"]["ece_before"],
+        report["test"]["ece_after"],
+    )
     return report
 
 
@@ -408,54 +487,95 @@ def _pct(value: Any) -> str:
 def markdown_report(report: dict[str, Any], title: str) -> str:
     """The tables of ``metrics.json`` in markdown, metrics in percent."""
     t = report["threshold"]
-    lines = [f"# {title}", "",
-             f"Calibrated threshold {t:.6g} ({report['threshold_method']}). Metrics in %; mean = unweighted mean "
-             "over generators.", "",
-             "| generator | n | AP | AUC | acc@0.5 | real acc@0.5 | fake acc@0.5 | acc@thr | real acc@thr "
-             "| fake acc@thr | TPR@1%FPR | TPR@5%FPR |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    keys = ("ap", "auc", "acc", "real_acc", "fake_acc", "acc_calibrated", "real_acc_calibrated",
-            "fake_acc_calibrated", "tpr_at_fpr_1", "tpr_at_fpr_5")
+    lines = [
+        f"# {title}",
+        "",
+        f"Calibrated threshold {t:.6g} ({report['threshold_method']}). Metrics in %; mean = unweighted mean "
+        "over generators.",
+        "",
+        "| generator | n | AP | AUC | acc@0.5 | real acc@0.5 | fake acc@0.5 | acc@thr | real acc@thr "
+        "| fake acc@thr | TPR@1%FPR | TPR@5%FPR |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    keys = (
+        "ap",
+        "auc",
+        "acc",
+        "real_acc",
+        "fake_acc",
+        "acc_calibrated",
+        "real_acc_calibrated",
+        "fake_acc_calibrated",
+        "tpr_at_fpr_1",
+        "tpr_at_fpr_5",
+    )
     rows = [*report["generators"].items(), ("**mean**", report["mean"])]
     for name, m in rows:
         lines.append(f"| {name} | {m['n']} | " + " | ".join(_pct(m[k]) for k in keys) + " |")
     if "benchmark" in report:
         lines += benchmark_markdown(report["benchmark"])
     if "test_time_masking" in report:
-        lines += ["", "## Test-time masking", "",
-                  "| masks K | AP | AUC | acc@0.5 | acc@thr | ms / image | relative cost |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Test-time masking",
+            "",
+            "| masks K | AP | AUC | acc@0.5 | acc@thr | ms / image | relative cost |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in report["test_time_masking"]:
             rel = "n/a" if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
-            lines.append(f"| {r['masks']} | {_pct(r['ap'])} | {_pct(r['auc'])} | {_pct(r['acc'])} | "
-                         f"{_pct(r['acc_calibrated'])} | {r['ms_per_image']:.3f} | {rel} |")
+            lines.append(
+                f"| {r['masks']} | {_pct(r['ap'])} | {_pct(r['auc'])} | {_pct(r['acc'])} | "
+                f"{_pct(r['acc_calibrated'])} | {r['ms_per_image']:.3f} | {rel} |"
+            )
     if "coverage" in report:
-        lines += ["", "## Coverage (windows per image)", "",
-                  "| crops | top k | AP | TPR@5%FPR | reals called fake at thr | ms / image | relative cost |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Coverage (windows per image)",
+            "",
+            "| crops | top k | AP | TPR@5%FPR | reals called fake at thr | ms / image | relative cost |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in report["coverage"]:
             rel = "n/a" if r["relative_cost"] is None else f"{r['relative_cost']:.2f}x"
-            lines.append(f"| {r['crops']} | {r['top_k']} | {_pct(r['ap'])} | {_pct(r['tpr_at_fpr_5'])} | "
-                         f"{_pct(r['real_fpr_at_threshold'])} | {r['ms_per_image']:.3f} | {rel} |")
+            lines.append(
+                f"| {r['crops']} | {r['top_k']} | {_pct(r['ap'])} | {_pct(r['tpr_at_fpr_5'])} | "
+                f"{_pct(r['real_fpr_at_threshold'])} | {r['ms_per_image']:.3f} | {rel} |"
+            )
     if "robustness" in report:
-        lines += ["", "## Robustness (mean over generators)", "", "| degradation | level | AP | acc@thr |",
-                  "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Robustness (mean over generators)",
+            "",
+            "| degradation | level | AP | acc@thr |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for kind, levels in report["robustness"].items():
             for r in levels:
                 lines.append(f"| {kind} | {r['level']:g} | {_pct(r['ap'])} | {_pct(r['acc_calibrated'])} |")
     if "calibration" in report:
         c = report["calibration"]
-        lines += ["", "## Temperature scaling", "",
-                  f"T = {c['temperature']:.4g}, fitted on `{c['split']}` by minimal NLL; ECE with {c['ece_bins']} "
-                  "equal-width bins of prob_fake.", "",
-                  "| split | n | NLL before | NLL after | ECE before (%) | ECE after (%) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Temperature scaling",
+            "",
+            f"T = {c['temperature']:.4g}, fitted on `{c['split']}` by minimal NLL; ECE with {c['ece_bins']} "
+            "equal-width bins of prob_fake.",
+            "",
+            "| split | n | NLL before | NLL after | ECE before (%) | ECE after (%) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for split, s in ((c["split"], c["fit"]), ("test", c["test"])):
-            lines.append(f"| {split} | {s['n']} | {s['nll_before']:.4f} | {s['nll_after']:.4f} | "
-                         f"{_pct(s['ece_before'])} | {_pct(s['ece_after'])} |")
-        lines += ["", f"Implied decision threshold on prob_fake: {c['implied_threshold']}; the FPR-calibrated "
-                  f"threshold {c['fpr_threshold']:.6g} reads {c['fpr_threshold_temperature_scaled']:.6g} on the "
-                  f"temperature-scaled scale. {c['note']}"]
+            lines.append(
+                f"| {split} | {s['n']} | {s['nll_before']:.4f} | {s['nll_after']:.4f} | "
+                f"{_pct(s['ece_before'])} | {_pct(s['ece_after'])} |"
+            )
+        lines += [
+            "",
+            f"Implied decision threshold on prob_fake: {c['implied_threshold']}; the FPR-calibrated "
+            f"threshold {c['fpr_threshold']:.6g} reads {c['fpr_threshold_temperature_scaled']:.6g} on the "
+            f"temperature-scaled scale. {c['note']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -475,17 +595,25 @@ def plot_curves(out: Path, pred: Predictions) -> list[Path]:
         if y.min() == y.max():
             continue
         precision, recall, _ = M.precision_recall_curve(p, y)
-        ax_pr.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre",
-                   label=f"{g} (AP {M.average_precision(p, y):.3f})")
+        ax_pr.step(
+            np.r_[0.0, recall],
+            np.r_[precision[0], precision],
+            where="pre",
+            label=f"{g} (AP {M.average_precision(p, y):.3f})",
+        )
         fpr, tpr, _ = M.roc_curve(p, y)
         ax_roc.plot(fpr, tpr, label=f"{g} (AUC {M.roc_auc(p, y):.3f})")
-    ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall per generator", xlim=(0, 1),
-              ylim=(0, 1.02))
+    ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall per generator", xlim=(0, 1), ylim=(0, 1.02))
     ax_roc.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     for fpr_mark in (0.01, 0.05):
         ax_roc.axvline(fpr_mark, color="grey", lw=0.6, ls="--")
-    ax_roc.set(xlabel="false-positive rate (reals called fake)", ylabel="true-positive rate (fakes detected)",
-               title="ROC per generator", xlim=(0, 1), ylim=(0, 1.02))
+    ax_roc.set(
+        xlabel="false-positive rate (reals called fake)",
+        ylabel="true-positive rate (fakes detected)",
+        title="ROC per generator",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     paths = []
     for fig, ax, name in ((fig_pr, ax_pr, PR_PNG), (fig_roc, ax_roc, ROC_PNG)):
         ax.grid(alpha=0.3)
@@ -511,8 +639,7 @@ def plot_robustness(path: Path, robustness: dict[str, list[dict[str, Any]]]) -> 
         for g in rows[0]["generators"]:
             ax.plot(levels, [r["generators"][g]["ap"] for r in rows], lw=0.8, alpha=0.5, label=f"AP {g}")
         ax.plot(levels, [r["ap"] for r in rows], "o-", lw=2, color="black", label="AP (mean)")
-        ax.plot(levels, [r["acc_calibrated"] for r in rows], "s--", lw=2, color="tab:red",
-                label="acc@thr (mean)")
+        ax.plot(levels, [r["acc_calibrated"] for r in rows], "s--", lw=2, color="tab:red", label="acc@thr (mean)")
         ax.set(xlabel=labels.get(kind, kind), ylim=(0, 1.02), title=kind)
         if kind in ("jpeg", "scale"):
             ax.invert_xaxis()  # degradation grows to the right
@@ -535,16 +662,32 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model = load_detector(config.checkpoint).to(device)
     metadata = model.metadata
-    (out / CONFIG_JSON).write_text(json.dumps(
-        {"evaluation": config.to_dict(), "checkpoint_metadata": {
-            k: v for k, v in metadata.to_dict().items() if k not in ("training", "metrics")}},
-        indent=2) + "\n")
+    (out / CONFIG_JSON).write_text(
+        json.dumps(
+            {
+                "evaluation": config.to_dict(),
+                "checkpoint_metadata": {
+                    k: v for k, v in metadata.to_dict().items() if k not in ("training", "metrics")
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     threshold = float(metadata.threshold.value)
-    dataset = RealFakeDataset(config.data, config.split, metadata.input_size, train=False,
-                              crops=metadata.coverage.crops)
-    logger.info("evaluating %s (%s, input %s, %d test-time masks) on %s: %d images, generators %s",
-                config.checkpoint, metadata.backbone, metadata.input_size, metadata.fft_stage.masks, dataset.root,
-                len(dataset), ", ".join(dataset.generators))
+    dataset = RealFakeDataset(
+        config.data, config.split, metadata.input_size, train=False, crops=metadata.coverage.crops
+    )
+    logger.info(
+        "evaluating %s (%s, input %s, %d test-time masks) on %s: %d images, generators %s",
+        config.checkpoint,
+        metadata.backbone,
+        metadata.input_size,
+        metadata.fft_stage.masks,
+        dataset.root,
+        len(dataset),
+        ", ".join(dataset.generators),
+    )
 
     pred = predict(model, dataset, config.batch_size, device, config.workers, desc="test")
     summary = summarise(pred, threshold)
@@ -556,15 +699,23 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "test_time_masks": metadata.fft_stage.masks,
     }
     mean = summary["mean"]
-    logger.info("mean over %d generators: AP %.4f, AUC %.4f, acc@0.5 %.4f, acc@%.4g %.4f, TPR@5%%FPR %.4f",
-                len(summary["generators"]), mean["ap"], mean["auc"], mean["acc"], threshold,
-                mean["acc_calibrated"], mean["tpr_at_fpr_5"])
+    logger.info(
+        "mean over %d generators: AP %.4f, AUC %.4f, acc@0.5 %.4f, acc@%.4g %.4f, TPR@5%%FPR %.4f",
+        len(summary["generators"]),
+        mean["ap"],
+        mean["auc"],
+        mean["acc"],
+        threshold,
+        mean["acc_calibrated"],
+        mean["tpr_at_fpr_5"],
+    )
     write_scores(out / SCORES_CSV, pred)
 
     manifest = load_manifest(config.data)
     if manifest is not None:
-        report["benchmark"] = benchmark_summary(pred.probs, pred.labels, pred.paths, config.data, threshold,
-                                                summary["generators"], manifest)
+        report["benchmark"] = benchmark_summary(
+            pred.probs, pred.labels, pred.paths, config.data, threshold, summary["generators"], manifest
+        )
     if config.masks:
         report["test_time_masking"] = masking_sweep(model, dataset, config.masks, config, threshold, device)
     if config.coverages:
@@ -599,29 +750,60 @@ def _numbers(kind: type, values: list[str]) -> tuple:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="checkpoint directory (model.safetensors + metadata.json)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint directory (model.safetensors + metadata.json)"
+    )
     parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout: testing/<generator>/)")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--split", default="testing",
-                        help="split folder under --data; '' evaluates --data itself (Ojha layout)")
+    parser.add_argument(
+        "--split", default="testing", help="split folder under --data; '' evaluates --data itself (Ojha layout)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="batch size")
-    parser.add_argument("--masks", nargs="+", default=[], metavar="K",
-                        help="test-time masking sweep: mask counts, e.g. '0,1,4,8' or '0 1 4 8'")
-    parser.add_argument("--crops", nargs="+", default=[], metavar="C[:TOP_K]",
-                        help="coverage sweep: windows per image and the top-k rule, e.g. '1,5,9' (max) or '9:3'")
-    parser.add_argument("--robustness", action="store_true",
-                        help="sweep JPEG quality, downscaling and Gaussian blur of the test images")
-    parser.add_argument("--jpeg-qualities", nargs="+", default=[",".join(map(str, JPEG_QUALITIES))],
-                        help="JPEG qualities of the robustness sweep")
-    parser.add_argument("--scales", nargs="+", default=[",".join(map(str, SCALES))],
-                        help="downscale factors (0, 1] of the robustness sweep")
-    parser.add_argument("--blur-sigmas", nargs="+", default=[",".join(map(str, BLUR_SIGMAS))],
-                        help="Gaussian blur sigmas of the robustness sweep")
-    parser.add_argument("--calibration-split", default=None,
-                        help="fit a temperature on this split (e.g. validation) and report ECE before/after")
+    parser.add_argument(
+        "--masks",
+        nargs="+",
+        default=[],
+        metavar="K",
+        help="test-time masking sweep: mask counts, e.g. '0,1,4,8' or '0 1 4 8'",
+    )
+    parser.add_argument(
+        "--crops",
+        nargs="+",
+        default=[],
+        metavar="C[:TOP_K]",
+        help="coverage sweep: windows per image and the top-k rule, e.g. '1,5,9' (max) or '9:3'",
+    )
+    parser.add_argument(
+        "--robustness", action="store_true", help="sweep JPEG quality, downscaling and Gaussian blur of the test images"
+    )
+    parser.add_argument(
+        "--jpeg-qualities",
+        nargs="+",
+        default=[",".join(map(str, JPEG_QUALITIES))],
+        help="JPEG qualities of the robustness sweep",
+    )
+    parser.add_argument(
+        "--scales",
+        nargs="+",
+        default=[",".join(map(str, SCALES))],
+        help="downscale factors (0, 1] of the robustness sweep",
+    )
+    parser.add_argument(
+        "--blur-sigmas",
+        nargs="+",
+        default=[",".join(map(str, BLUR_SIGMAS))],
+        help="Gaussian blur sigmas of the robustness sweep",
+    )
+    parser.add_argument(
+        "--calibration-split",
+        default=None,
+        help="fit a temperature on this split (e.g. validation) and report ECE before/after",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
@@ -630,11 +812,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
-        checkpoint=args.checkpoint, data=args.data, out=args.out, split=args.split, batch_size=args.batch_size,
-        masks=_numbers(int, args.masks), coverages=_numbers(parse_coverage, args.crops), robustness=args.robustness,
-        jpeg_qualities=_numbers(int, args.jpeg_qualities), scales=_numbers(float, args.scales),
-        blur_sigmas=_numbers(float, args.blur_sigmas), calibration_split=args.calibration_split,
-        plots=not args.no_plots, workers=args.workers, device=args.device,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        out=args.out,
+        split=args.split,
+        batch_size=args.batch_size,
+        masks=_numbers(int, args.masks),
+        coverages=_numbers(parse_coverage, args.crops),
+        robustness=args.robustness,
+        jpeg_qualities=_numbers(int, args.jpeg_qualities),
+        scales=_numbers(float, args.scales),
+        blur_sigmas=_numbers(float, args.blur_sigmas),
+        calibration_split=args.calibration_split,
+        plots=not args.no_plots,
+        workers=args.workers,
+        device=args.device,
     )
 
 

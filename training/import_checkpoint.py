@@ -147,7 +147,8 @@ def build_detector(state: Mapping[str, torch.Tensor], metadata: DetectorMetadata
     if missing or unexpected or wrong:
         raise CheckpointImportError(
             f"weights do not fit {backbone.value}: missing {missing[:5]} ({len(missing)}), unexpected "
-            f"{unexpected[:5]} ({len(unexpected)}), wrong shape {wrong[:5]} ({len(wrong)})")
+            f"{unexpected[:5]} ({len(unexpected)}), wrong shape {wrong[:5]} ({len(wrong)})"
+        )
     model.backbone.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
 
@@ -166,32 +167,55 @@ def import_checkpoint(config: ImportConfig) -> Path:
         value = content.get(key)
         if isinstance(value, (int, float, np.generic)) and not isinstance(value, bool):
             training[key] = value.item() if isinstance(value, np.generic) else value
-    metadata = DetectorMetadata(backbone=config.backbone.value, input_size=size, fft_stage=FFTStageConfig(masks=0),
-                                threshold=Threshold(value=0.5, method=IMPORTED_METHOD), training=training)
+    metadata = DetectorMetadata(
+        backbone=config.backbone.value,
+        input_size=size,
+        fft_stage=FFTStageConfig(masks=0),
+        threshold=Threshold(value=0.5, method=IMPORTED_METHOD),
+        training=training,
+    )
     model = build_detector(state, metadata)
     metrics: dict[str, Any] = {}
     if config.calibrate_on is not None:
-        threshold, metrics["calibration"] = calibrate(model, config.calibrate_on, config.target_fpr,
-                                                      config.batch_size, resolve_device(config.device),
-                                                      method=CALIBRATED_METHOD)
+        threshold, metrics["calibration"] = calibrate(
+            model,
+            config.calibrate_on,
+            config.target_fpr,
+            config.batch_size,
+            resolve_device(config.device),
+            method=CALIBRATED_METHOD,
+        )
         model.cpu()
         metadata = metadata.with_updates(threshold=threshold, metrics=metrics)
         model.metadata = metadata
-    logger.info("imported %s (%d tensors, %s) with threshold %.6g (%s)", config.source, len(state),
-                config.backbone.value, metadata.threshold.value, metadata.threshold.method)
+    logger.info(
+        "imported %s (%d tensors, %s) with threshold %.6g (%s)",
+        config.source,
+        len(state),
+        config.backbone.value,
+        metadata.threshold.value,
+        metadata.threshold.method,
+    )
     return save_checkpoint(model, config.out, metadata)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.import_checkpoint",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.import_checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the authors' .pth file")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    parser.add_argument("--backbone", default=Backbone.RESNET50.value, choices=[b.value for b in Backbone],
-                        help="backbone of the file (the authors' RN50 is resnet50)")
+    parser.add_argument(
+        "--backbone",
+        default=Backbone.RESNET50.value,
+        choices=[b.value for b in Backbone],
+        help="backbone of the file (the authors' RN50 is resnet50)",
+    )
     parser.add_argument("--image-size", type=int, default=224, help="input size (square) of the test protocol")
-    parser.add_argument("--calibrate-on", type=Path, default=None,
-                        help="calibrate the threshold on the real images (0_real folders) under this directory")
+    parser.add_argument(
+        "--calibrate-on",
+        type=Path,
+        default=None,
+        help="calibrate the threshold on the real images (0_real folders) under this directory",
+    )
     parser.add_argument("--target-fpr", type=float, default=0.05, help="target false-positive rate of --calibrate-on")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of --calibrate-on")
     parser.add_argument("--device", default="auto", help="torch device of --calibrate-on: auto, cpu, cuda, ...")
@@ -202,10 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = import_checkpoint(ImportConfig(source=args.source, out=args.out, backbone=args.backbone,
-                                             image_size=args.image_size, calibrate_on=args.calibrate_on,
-                                             target_fpr=args.target_fpr, batch_size=args.batch_size,
-                                             device=args.device))
+        out = import_checkpoint(
+            ImportConfig(
+                source=args.source,
+                out=args.out,
+                backbone=args.backbone,
+                image_size=args.image_size,
+                calibrate_on=args.calibrate_on,
+                target_fpr=args.target_fpr,
+                batch_size=args.batch_size,
+                device=args.device,
+            )
+        )
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2

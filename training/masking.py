@@ -145,8 +145,16 @@ def _candidates(
 
 
 def _keep_masks(
-    kind: MaskKind, batch: int, channels: int, height: int, width: int, band: str, ratio: float,
-    layout: BandLayout, generator: torch.Generator | None, device: torch.device | str,
+    kind: MaskKind,
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    band: str,
+    ratio: float,
+    layout: BandLayout,
+    generator: torch.Generator | None,
+    device: torch.device | str,
 ) -> torch.Tensor:
     """Keep-masks (batch, channels, height, width): per band exactly ``mask_count(band size)`` zeros, the k
     lowest of uniform random scores among the band's elements."""
@@ -183,8 +191,9 @@ def frequency_masks(
     Args:
         generator: source of randomness; must live on ``device`` (defaults to the generator's device).
     """
-    return coefficient_masks(MaskKind.FREQUENCY, batch, height, width, band, ratio, per_channel, layout,
-                             generator=generator, device=device)
+    return coefficient_masks(
+        MaskKind.FREQUENCY, batch, height, width, band, ratio, per_channel, layout, generator=generator, device=device
+    )
 
 
 def patch_grid_size(height: int, width: int, patch_size: int) -> int:
@@ -222,8 +231,9 @@ def coefficient_masks(
         return _keep_masks(kind, batch, channels, height, width, "all", ratio, layout, generator, device)
     if kind is MaskKind.PATCH:
         size = patch_grid_size(height, width, patch_size)
-        grid = _keep_masks(kind, batch, channels, height // size, width // size, "all", ratio, layout, generator,
-                           device)
+        grid = _keep_masks(
+            kind, batch, channels, height // size, width // size, "all", ratio, layout, generator, device
+        )
         return grid.repeat_interleave(size, dim=-2).repeat_interleave(size, dim=-1)
     raise ValueError(f"mask kind {kind.value!r} makes no masks")
 
@@ -263,10 +273,13 @@ def random_affine(
     cos, sin = torch.cos(angle), torch.sin(angle)
     # Output pixel offset p from the centre samples the input at R^-1 (p - t); in grid_sample's [-1, 1]
     # coordinates (align_corners=False) an offset of u pixels along the width is 2u / width.
-    theta = torch.stack([
-        torch.stack([cos, sin * height / width, -2.0 / width * (cos * tx + sin * ty)], dim=-1),
-        torch.stack([-sin * width / height, cos, 2.0 / height * (sin * tx - cos * ty)], dim=-1),
-    ], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([cos, sin * height / width, -2.0 / width * (cos * tx + sin * ty)], dim=-1),
+            torch.stack([-sin * width / height, cos, 2.0 / height * (sin * tx - cos * ty)], dim=-1),
+        ],
+        dim=1,
+    )
     with torch.autocast(device.type, enabled=False):
         grid = F.affine_grid(theta, [batch, x.shape[1], height, width], align_corners=False)
         y = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -323,8 +336,9 @@ class MaskSpec:
         if self.patch_size < 1:
             raise ValueError(f"patch size must be >= 1, got {self.patch_size}")
         if self.rotate < 0 or not 0.0 <= self.translate <= 1.0:
-            raise ValueError(f"rotate must be >= 0 degrees and translate in [0, 1], "
-                             f"got {self.rotate}, {self.translate}")
+            raise ValueError(
+                f"rotate must be >= 0 degrees and translate in [0, 1], got {self.rotate}, {self.translate}"
+            )
         if self.kind in (MaskKind.PIXEL, MaskKind.PATCH) and self.band != Band.ALL.value:
             raise ValueError(f"mask kind {self.kind.value!r} has no bands: use band 'all', got {self.band!r}")
 
@@ -351,8 +365,19 @@ class MaskSpec:
         """
         if not self.masks_anything:
             return None
-        masks = coefficient_masks(self.kind, batch, height, width, self.band, self.ratio, self.per_channel,
-                                  self.layout, self.patch_size, generator, device)
+        masks = coefficient_masks(
+            self.kind,
+            batch,
+            height,
+            width,
+            self.band,
+            self.ratio,
+            self.per_channel,
+            self.layout,
+            self.patch_size,
+            generator,
+            device,
+        )
         if self.probability < 1.0:
             skip = torch.rand(batch, generator=generator, device=masks.device) >= self.probability
             masks[skip] = 1.0
@@ -368,8 +393,19 @@ class MaskSpec:
             return x
         batch, _, height, width = x.shape
         if self.masks_anything:
-            masks = coefficient_masks(self.kind, batch, height, width, self.band, self.ratio, self.per_channel,
-                                      self.layout, self.patch_size, generator, x.device)
+            masks = coefficient_masks(
+                self.kind,
+                batch,
+                height,
+                width,
+                self.band,
+                self.ratio,
+                self.per_channel,
+                self.layout,
+                self.patch_size,
+                generator,
+                x.device,
+            )
             masked = to_pixels(apply_masks(x, masks, self.kind), self.domain)
             if self.probability < 1.0:
                 selected = torch.rand(batch, generator=generator, device=x.device) < self.probability

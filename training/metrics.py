@@ -71,8 +71,9 @@ def _cumulative_counts(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     return fps, tps, p[last_of_value]
 
 
-def roc_curve(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, from (0, 0) at threshold +inf; needs both classes."""
     p, y = _inputs(probs, labels)
     if not _both_classes(y):
@@ -82,8 +83,9 @@ def roc_curve(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.nd
     return fps / fps[-1], tps / tps[-1], np.r_[np.inf, thresholds]
 
 
-def precision_recall_curve(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def precision_recall_curve(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(precision, recall, thresholds) at every distinct score, thresholds descending; needs fakes."""
     p, y = _inputs(probs, labels)
     if not y.any():
@@ -128,8 +130,9 @@ def tpr_at_fpr(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.n
     return float(tps[within[-1]] / n_fake) if within.size else 0.0
 
 
-def accuracies(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-               threshold: float) -> tuple[float, float, float]:
+def accuracies(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, threshold: float
+) -> tuple[float, float, float]:
     """(overall, real, fake) accuracy at ``threshold``; NaN for a class that is absent."""
     p, y = _inputs(probs, labels)
     if p.size == 0:
@@ -142,16 +145,23 @@ def accuracies(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.n
     return overall, real_acc, fake_acc
 
 
-def binary_metrics(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                   threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Accuracy (overall, on real, on fake) at ``threshold``, AP and ROC AUC."""
     acc, real_acc, fake_acc = accuracies(probs, labels, threshold)
-    return {"acc": acc, "real_acc": real_acc, "fake_acc": fake_acc,
-            "ap": average_precision(probs, labels), "auc": roc_auc(probs, labels)}
+    return {
+        "acc": acc,
+        "real_acc": real_acc,
+        "fake_acc": fake_acc,
+        "ap": average_precision(probs, labels),
+        "auc": roc_auc(probs, labels),
+    }
 
 
-def detection_metrics(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                      threshold: float) -> dict[str, float | int]:
+def detection_metrics(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, threshold: float
+) -> dict[str, float | int]:
     """The evaluation's full set: AP, AUC, accuracies at 0.5 and at ``threshold``, TPR at 1 % / 5 % FPR, counts."""
     p, y = _inputs(probs, labels)
     metrics: dict[str, float | int] = dict(binary_metrics(p, y, 0.5))
@@ -178,9 +188,9 @@ def mean_row(rows: Sequence[dict[str, float | int]]) -> dict[str, float | int]:
     return out
 
 
-def per_generator(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                  generators: Sequence[str], threshold: float
-                  ) -> tuple[dict[str, dict[str, float | int]], dict[str, float | int]]:
+def per_generator(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, generators: Sequence[str], threshold: float
+) -> tuple[dict[str, dict[str, float | int]], dict[str, float | int]]:
     """``detection_metrics`` of each generator (sorted by name) and their mean row."""
     p, y = _inputs(probs, labels)
     names = np.asarray(generators)
@@ -193,8 +203,9 @@ def per_generator(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | n
 # ------------------------------------------------------------------------------------------------- calibration
 
 
-def expected_calibration_error(probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                               bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = ECE_BINS
+) -> float:
     """``sum_b |B_b|/n * |mean(label in B_b) - mean(prob_fake in B_b)|`` over equal-width bins of prob_fake.
 
     This is the reliability of the fake class (bin ``b`` holds ``prob_fake`` in ``[b/bins, (b+1)/bins)``, the
@@ -216,8 +227,9 @@ def nll(logits: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
-def fit_temperature(logits: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                    bounds: tuple[float, float] = (1e-2, 1e2)) -> float:
+def fit_temperature(
+    logits: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, bounds: tuple[float, float] = (1e-2, 1e2)
+) -> float:
     """The temperature T in ``bounds`` that minimises ``nll(logits, labels, T)`` (bounded scalar search on log T).
 
     Temperature scaling is monotonic and keeps the sign of the logit: ranking (AP, AUC) and the decision at
@@ -231,8 +243,12 @@ def fit_temperature(logits: Sequence[float] | np.ndarray, labels: Sequence[int] 
         raise ValueError("no logits to fit a temperature on")
     if not np.all(np.isfinite(z)):
         raise ValueError("logits hold NaN or infinite values")
-    result = minimize_scalar(lambda log_t: nll(z, y, math.exp(log_t)), method="bounded",
-                             bounds=(math.log(bounds[0]), math.log(bounds[1])), options={"xatol": 1e-6})
+    result = minimize_scalar(
+        lambda log_t: nll(z, y, math.exp(log_t)),
+        method="bounded",
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        options={"xatol": 1e-6},
+    )
     temperature = float(math.exp(result.x))
     return temperature if nll(z, y, temperature) <= nll(z, y, 1.0) else 1.0
 

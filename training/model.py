@@ -60,8 +60,9 @@ def build_backbone(name: Backbone | str, pretrained: bool = False, weights_path:
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(head + ".")]
         if missing or unexpected:
-            raise ValueError(f"weights {weights_path} do not fit {name.value}: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"weights {weights_path} do not fit {name.value}: missing {missing}, unexpected {unexpected}"
+            )
         logger.info("loaded backbone weights from %s", weights_path)
     in_features = getattr(model, head).in_features
     setattr(model, head, nn.Linear(in_features, 1))

@@ -136,8 +136,10 @@ class TrainConfig:
         if self.weights_path is not None:
             object.__setattr__(self, "weights_path", Path(self.weights_path))
         if self.pretrained and self.backbone is Backbone.RESNET50 and self.weights_path is None:
-            raise ValueError("no ResNet-50 ImageNet weights ship offline: pass --weights-path FILE (e.g. torchvision's "
-                             "resnet50 weights) or --no-pretrained")
+            raise ValueError(
+                "no ResNet-50 ImageNet weights ship offline: pass --weights-path FILE (e.g. torchvision's "
+                "resnet50 weights) or --no-pretrained"
+            )
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         for name in ("max_steps", "epoch_steps"):
@@ -152,12 +154,22 @@ class TrainConfig:
 
     @property
     def mask_spec(self) -> MaskSpec:
-        return MaskSpec(kind=self.mask, band=self.mask_band, ratio=self.mask_ratio, per_channel=self.mask_per_channel,
-                        probability=self.mask_prob, layout=self.mask_layout, patch_size=self.mask_patch_size,
-                        rotate=self.mask_rotate, translate=self.mask_translate, domain=self.mask_domain)
+        return MaskSpec(
+            kind=self.mask,
+            band=self.mask_band,
+            ratio=self.mask_ratio,
+            per_channel=self.mask_per_channel,
+            probability=self.mask_prob,
+            layout=self.mask_layout,
+            patch_size=self.mask_patch_size,
+            rotate=self.mask_rotate,
+            translate=self.mask_translate,
+            domain=self.mask_domain,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings, enums as their values."""
+
         def plain(value: Any) -> Any:
             if isinstance(value, Enum):
                 return value.value
@@ -220,8 +232,13 @@ class PlateauSchedule:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial_lr": self.initial_lr, "lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs,
-                "stopped": self.stopped}
+        return {
+            "initial_lr": self.initial_lr,
+            "lr": self.lr,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if abs(state["initial_lr"] - self.initial_lr) > 1e-12 * self.initial_lr:
@@ -325,9 +342,16 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def optimisation_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module,
-                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
-                      amp: bool) -> torch.Tensor:
+def optimisation_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+) -> torch.Tensor:
     """One training step: forward (autocast under AMP), BCE loss in fp32, backward, scaled optimiser step."""
     with _autocast(device, amp):
         logits = model(images)
@@ -380,7 +404,11 @@ def evaluate(
 
 
 def evaluate_sharded(
-    model: Detector, dataset: RealFakeDataset, config: TrainConfig, device: torch.device, amp: bool,
+    model: Detector,
+    dataset: RealFakeDataset,
+    config: TrainConfig,
+    device: torch.device,
+    amp: bool,
     ctx: Distributed,
 ) -> dict[str, Any]:
     """``evaluate`` over the whole dataset, each process scoring every world_size-th item; all get the result."""
@@ -401,8 +429,16 @@ def _loader(
     dataset: Any, config: TrainConfig, sampler: DistributedSampler | None, drop_last: bool = False
 ) -> DataLoader:
     # Workers are created anew every epoch so that they see the dataset's current epoch (augmentation seed).
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      num_workers=config.workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=config.workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ run state
@@ -413,8 +449,12 @@ def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": random.getstate(),
     }
 
@@ -424,8 +464,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -445,12 +486,15 @@ def load_state(path: Path) -> dict[str, Any]:
 def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     """Raise ValueError when ``config`` changes an option that defines the training saved in ``saved``."""
     current = config.to_dict()
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(f"{config.out / LAST_FILE} was trained with other options ({diff}); use the same "
-                         f"options, another --out, or --restart. Options that may change: {sorted(RESUMABLE_CHANGES)}")
+        raise ValueError(
+            f"{config.out / LAST_FILE} was trained with other options ({diff}); use the same "
+            f"options, another --out, or --restart. Options that may change: {sorted(RESUMABLE_CHANGES)}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -480,12 +524,15 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
     if state is not None:
         check_resumable(state["config"], config)
         if state["world_size"] != ctx.world_size:
-            raise ValueError(f"{last_path} was trained by {state['world_size']} processes, this run has "
-                             f"{ctx.world_size}; resume with the same number")
+            raise ValueError(
+                f"{last_path} was trained by {state['world_size']} processes, this run has "
+                f"{ctx.world_size}; resume with the same number"
+            )
     amp = config.amp and device.type == "cuda"
     augment = Augment(blur_prob=config.blur_prob, jpeg_prob=config.jpeg_prob)
-    train_set = RealFakeDataset(config.data, config.train_split, config.image_size, train=True, augment=augment,
-                                seed=config.seed)
+    train_set = RealFakeDataset(
+        config.data, config.train_split, config.image_size, train=True, augment=augment, seed=config.seed
+    )
     val_set = RealFakeDataset(config.data, config.val_split, config.image_size, train=False)
     if len(set(val_set.labels.tolist())) < 2:
         raise ValueError(f"validation split {val_set.root} needs both real and fake images")
@@ -498,8 +545,9 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
             if state is None and (out / stale).exists():
                 (out / stale).unlink()
     _barrier(ctx)
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
+    sampler = DistributedSampler(
+        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
     train_loader = _loader(train_set, config, sampler, drop_last=len(sampler) > config.batch_size)
 
     size = (config.image_size, config.image_size)
@@ -530,14 +578,28 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         schedule.load_state_dict(state["schedule"])
         first_epoch, step, best = int(state["epoch"]), int(state["step"]), state["best"]
         _set_rng_state(state["rng"])
-        logger.info("resuming %s after epoch %d (step %d, lr %.3g, best epoch %s)", out, first_epoch, step,
-                    schedule.lr, None if best is None else best["epoch"])
+        logger.info(
+            "resuming %s after epoch %d (step %d, lr %.3g, best epoch %s)",
+            out,
+            first_epoch,
+            step,
+            schedule.lr,
+            None if best is None else best["epoch"],
+        )
     for group in optimizer.param_groups:
         group["lr"] = schedule.lr
     if ctx.is_main:
-        logger.info("training %s on %s x%d (amp %s): %d train / %d val images, lr %.3g, masking %s",
-                    config.backbone.value, device, ctx.world_size, amp, len(train_set), len(val_set), lr,
-                    config.mask_spec)
+        logger.info(
+            "training %s on %s x%d (amp %s): %d train / %d val images, lr %.3g, masking %s",
+            config.backbone.value,
+            device,
+            ctx.world_size,
+            amp,
+            len(train_set),
+            len(val_set),
+            lr,
+            config.mask_spec,
+        )
 
     for epoch in range(first_epoch, config.epochs):
         if schedule.stopped or (config.max_steps is not None and step >= config.max_steps):
@@ -552,8 +614,9 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=None if ctx.is_main else True)
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None if ctx.is_main else True
+        )
         for images, targets, _ in bar:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             loss = optimisation_step(model, images, targets, criterion, optimizer, scaler, device, amp)
@@ -563,7 +626,8 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
             if ctx.is_main and batches % 10 == 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if (config.epoch_steps is not None and batches >= config.epoch_steps) or (
-                    config.max_steps is not None and step >= config.max_steps):
+                config.max_steps is not None and step >= config.max_steps
+            ):
                 break
         train_loss = _mean_over_processes(loss_sum, batches, ctx)
         if ctx.active:  # BatchNorm statistics of rank 0, which DDP broadcasts, everywhere
@@ -579,21 +643,47 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         is_best = best is None or val["acc"] > best["val_acc"]
         if is_best:
             best = {"epoch": epoch + 1, "val_acc": val["acc"]}
-        record = {"epoch": epoch + 1, "step": step, "lr": epoch_lr, "train_loss": train_loss,
-                  "epoch_seconds": round(time.perf_counter() - t0, 2), "improved": improved,
-                  **{f"val_{k}": v for k, v in val.items()}}
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": epoch_lr,
+            "train_loss": train_loss,
+            "epoch_seconds": round(time.perf_counter() - t0, 2),
+            "improved": improved,
+            **{f"val_{k}": v for k, v in val.items()},
+        }
         if ctx.is_main:
             if is_best:
                 _save({"epoch": epoch + 1, "val_acc": val["acc"], "model": detector.state_dict()}, out / BEST_FILE)
             with (out / METRICS_FILE).open("a") as fh:
                 fh.write(json.dumps(json_safe(record)) + "\n")
-            _save({"version": STATE_VERSION, "config": config.to_dict(), "world_size": ctx.world_size,
-                   "epoch": epoch + 1, "step": step, "best": best, "model": detector.state_dict(),
-                   "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                   "schedule": schedule.state_dict(), "rng": _rng_state()}, last_path)
-            logger.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val AP %.4f, lr %.3g (%.1f s)%s",
-                        epoch + 1, train_loss, val["loss"], val["acc"], val["ap"], epoch_lr,
-                        record["epoch_seconds"], "" if not schedule.stopped else "; early stop")
+            _save(
+                {
+                    "version": STATE_VERSION,
+                    "config": config.to_dict(),
+                    "world_size": ctx.world_size,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best": best,
+                    "model": detector.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": _rng_state(),
+                },
+                last_path,
+            )
+            logger.info(
+                "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val AP %.4f, lr %.3g (%.1f s)%s",
+                epoch + 1,
+                train_loss,
+                val["loss"],
+                val["acc"],
+                val["ap"],
+                epoch_lr,
+                record["epoch_seconds"],
+                "" if not schedule.stopped else "; early stop",
+            )
         if config.max_steps is not None and step >= config.max_steps:
             logger.info("reached max_steps=%d", config.max_steps)
 
@@ -606,8 +696,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
 
 
 def _mean_over_processes(loss_sum: torch.Tensor, batches: int, ctx: Distributed) -> float:
-    totals = torch.stack([loss_sum.double(), torch.tensor(float(batches), dtype=torch.float64,
-                                                          device=loss_sum.device)])
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(batches), dtype=torch.float64, device=loss_sum.device)])
     if ctx.active:
         dist.all_reduce(totals)
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
@@ -621,8 +710,15 @@ def _trim_metrics(path: Path, epochs: int) -> None:
 
 
 def _finish(
-    config: TrainConfig, detector: Detector, metadata: DetectorMetadata, val_set: RealFakeDataset,
-    device: torch.device, amp: bool, ctx: Distributed, step: int, start: float,
+    config: TrainConfig,
+    detector: Detector,
+    metadata: DetectorMetadata,
+    val_set: RealFakeDataset,
+    device: torch.device,
+    amp: bool,
+    ctx: Distributed,
+    step: int,
+    start: float,
 ) -> Path:
     """Rank 0: reload the best epoch, calibrate its threshold on validation reals, write the checkpoint."""
     best = load_state(config.out / BEST_FILE)
@@ -637,13 +733,23 @@ def _finish(
         "world_size": ctx.world_size,
         "effective_lr": config.lr * ctx.world_size,
         "val": val,
-        "val_at_threshold": {**calibrated, "fpr": false_positive_rate(real_probs, threshold),
-                             "tpr": calibrated["fake_acc"]},
+        "val_at_threshold": {
+            **calibrated,
+            "fpr": false_positive_rate(real_probs, threshold),
+            "tpr": calibrated["fake_acc"],
+        },
         "train_seconds": round(time.perf_counter() - start, 1),
     }
-    logger.info("best epoch %d: val acc %.4f, AP %.4f; threshold %.4g at target FPR %.3f (real FPR %.4f, TPR %.4f)",
-                final["best_epoch"], val["acc"], val["ap"], threshold, config.target_fpr,
-                final["val_at_threshold"]["fpr"], final["val_at_threshold"]["tpr"])
+    logger.info(
+        "best epoch %d: val acc %.4f, AP %.4f; threshold %.4g at target FPR %.3f (real FPR %.4f, TPR %.4f)",
+        final["best_epoch"],
+        val["acc"],
+        val["ap"],
+        threshold,
+        config.target_fpr,
+        final["val_at_threshold"]["fpr"],
+        final["val_at_threshold"]["tpr"],
+    )
     metadata = metadata.with_updates(
         threshold=Threshold(value=threshold, method=THRESHOLD_METHOD, target_fpr=config.target_fpr),
         training=config.to_dict(),
@@ -693,8 +799,9 @@ def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: in
     amp = config.amp and device.type == "cuda"
     seed_everything(config.seed)
     size = (config.image_size, config.image_size)
-    detector = Detector(DetectorMetadata(backbone=config.backbone.value, input_size=size),
-                        pretrained=config.pretrained).to(device)
+    detector = Detector(
+        DetectorMetadata(backbone=config.backbone.value, input_size=size), pretrained=config.pretrained
+    ).to(device)
     images = torch.randint(0, 256, (config.batch_size, 3, *size), dtype=torch.uint8, device=device)
     targets = (torch.arange(config.batch_size, device=device) % 2).float()
     optimizer = torch.optim.AdamW(detector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -721,12 +828,26 @@ def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: in
         with torch.no_grad():
             spec.apply(x, generator)
             seconds = _timed(lambda: spec.apply(x, generator), device, mask_repeats)
-        rows.append({"masking": name, "mask_ms": 1e3 * seconds, "step_ms": 1e3 * (plain + seconds),
-                     "share": seconds / (plain + seconds)})
-    rows.append({"masking": "measured step with the configured masking", "mask_ms": None, "step_ms": 1e3 * full,
-                 "share": None})
-    logger.info("masking cost: %s %dpx batch %d on %s (amp %s); step without masking %.1f ms",
-                config.backbone.value, config.image_size, config.batch_size, device, amp, 1e3 * plain)
+        rows.append(
+            {
+                "masking": name,
+                "mask_ms": 1e3 * seconds,
+                "step_ms": 1e3 * (plain + seconds),
+                "share": seconds / (plain + seconds),
+            }
+        )
+    rows.append(
+        {"masking": "measured step with the configured masking", "mask_ms": None, "step_ms": 1e3 * full, "share": None}
+    )
+    logger.info(
+        "masking cost: %s %dpx batch %d on %s (amp %s); step without masking %.1f ms",
+        config.backbone.value,
+        config.image_size,
+        config.batch_size,
+        device,
+        amp,
+        1e3 * plain,
+    )
     return rows
 
 
@@ -751,80 +872,140 @@ def _choices(enum: type[Enum]) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset root (Wang layout: training/, validation/); required unless --resume")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (config, metrics, last.pt, best.pt, checkpoint/); resumes from its "
-                             "last.pt when there is one; required unless --resume")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                        help="continue RUN_DIR with its saved configuration (flags given here override the ones "
-                             "that may change, e.g. --epochs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset root (Wang layout: training/, validation/); required unless --resume",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory (config, metrics, last.pt, best.pt, checkpoint/); resumes from its "
+        "last.pt when there is one; required unless --resume",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR with its saved configuration (flags given here override the ones "
+        "that may change, e.g. --epochs)",
+    )
     parser.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and train from scratch")
-    parser.add_argument("--backbone", default=Backbone.EFFICIENTNET_LITE0.value, choices=_choices(Backbone),
-                        help="classifier backbone")
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="start from ImageNet weights (efficientnet_lite0's ship offline; ResNet-50 needs a "
-                             "local weights file)")
+    parser.add_argument(
+        "--backbone", default=Backbone.EFFICIENTNET_LITE0.value, choices=_choices(Backbone), help="classifier backbone"
+    )
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from ImageNet weights (efficientnet_lite0's ship offline; ResNet-50 needs a local weights file)",
+    )
     parser.add_argument("--weights-path", type=Path, default=None, help="local ImageNet weights for the backbone")
     parser.add_argument("--image-size", type=int, default=128, help="input size (square) in pixels")
     parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per process")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate per process (x world size)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
-                        help="constant learning rate for --epochs epochs instead of the paper's plateau schedule "
-                             "(plateau schedule used: %(default)s)")
+    parser.add_argument(
+        "--no-early-stopping",
+        dest="early_stopping",
+        action="store_false",
+        help="constant learning rate for --epochs epochs instead of the paper's plateau schedule "
+        "(plateau schedule used: %(default)s)",
+    )
     parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before the lr drops")
-    parser.add_argument("--min-delta", type=float, default=0.001,
-                        help="validation accuracy gain that counts as an improvement")
+    parser.add_argument(
+        "--min-delta", type=float, default=0.001, help="validation accuracy gain that counts as an improvement"
+    )
     parser.add_argument("--lr-factor", type=float, default=0.1, help="lr multiplier on a plateau")
-    parser.add_argument("--min-lr-ratio", type=float, default=0.01,
-                        help="stop once the lr reaches this fraction of the initial lr")
-    parser.add_argument("--mask", default=MaskKind.FREQUENCY.value, choices=_choices(MaskKind),
-                        help="training-time masking augmentation")
-    parser.add_argument("--mask-band", default=Band.ALL.value,
-                        help="band of the masked coefficients: all, low, mid, high or a combination like low+mid")
-    parser.add_argument("--mask-ratio", type=float, default=0.15,
-                        help="fraction of each band's coefficients (of the pixels, of the patches) masked")
+    parser.add_argument(
+        "--min-lr-ratio", type=float, default=0.01, help="stop once the lr reaches this fraction of the initial lr"
+    )
+    parser.add_argument(
+        "--mask",
+        default=MaskKind.FREQUENCY.value,
+        choices=_choices(MaskKind),
+        help="training-time masking augmentation",
+    )
+    parser.add_argument(
+        "--mask-band",
+        default=Band.ALL.value,
+        help="band of the masked coefficients: all, low, mid, high or a combination like low+mid",
+    )
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.15,
+        help="fraction of each band's coefficients (of the pixels, of the patches) masked",
+    )
     parser.add_argument("--mask-per-channel", action="store_true", help="an independent mask per colour channel")
     parser.add_argument("--mask-prob", type=float, default=1.0, help="fraction of training samples masked")
-    parser.add_argument("--mask-layout", default=BandLayout.RADIAL.value, choices=_choices(BandLayout),
-                        help="bands by frequency radius, or the authors' legacy rectangles")
+    parser.add_argument(
+        "--mask-layout",
+        default=BandLayout.RADIAL.value,
+        choices=_choices(BandLayout),
+        help="bands by frequency radius, or the authors' legacy rectangles",
+    )
     parser.add_argument("--mask-patch-size", type=int, default=16, help="patch side in pixels (--mask patch)")
     parser.add_argument("--mask-rotate", type=float, default=0.0, help="max random rotation (degrees) after masking")
-    parser.add_argument("--mask-translate", type=float, default=0.0,
-                        help="max random translation (fraction of the size) after masking")
-    parser.add_argument("--mask-domain", default=MaskDomain.NORMALISED.value, choices=_choices(MaskDomain),
-                        help="mask the normalised tensor, or 0..255 pixels clipped (pixels) or wrapped like the "
-                             "authors' uint8 cast (pixels-wrap)")
+    parser.add_argument(
+        "--mask-translate", type=float, default=0.0, help="max random translation (fraction of the size) after masking"
+    )
+    parser.add_argument(
+        "--mask-domain",
+        default=MaskDomain.NORMALISED.value,
+        choices=_choices(MaskDomain),
+        help="mask the normalised tensor, or 0..255 pixels clipped (pixels) or wrapped like the "
+        "authors' uint8 cast (pixels-wrap)",
+    )
     parser.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur (sigma 0..3)")
     parser.add_argument("--jpeg-prob", type=float, default=0.1, help="probability of JPEG re-compression (q 30..100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order, augmentation, masks")
-    parser.add_argument("--target-fpr", type=float, default=0.05,
-                        help="false-positive rate on validation real images that the threshold is set for")
+    parser.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.05,
+        help="false-positive rate on validation real images that the threshold is set for",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
-    parser.add_argument("--epoch-steps", type=int, default=None,
-                        help="at most this many optimiser steps per epoch (quick runs)")
+    parser.add_argument(
+        "--epoch-steps", type=int, default=None, help="at most this many optimiser steps per epoch (quick runs)"
+    )
     parser.add_argument("--train-split", default="training", help="folder of the training split under --data")
     parser.add_argument("--val-split", default="validation", help="folder of the validation split under --data")
-    parser.add_argument("--workers", type=int, default=min(4, (os.cpu_count() or 1) // 2),
-                        help="DataLoader worker processes per process (0: load in the main process)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, (os.cpu_count() or 1) // 2),
+        help="DataLoader worker processes per process (0: load in the main process)",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (torchrun: one GPU per rank)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false",
-                        help="no mixed precision on CUDA (it is never used on CPU)")
-    parser.add_argument("--profile-masking", action="store_true",
-                        help="time mask generation + application against a training step on random images, "
-                             "print a table and exit (uses --backbone, --image-size, --batch-size, --mask-*)")
+    parser.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA (it is never used on CPU)"
+    )
+    parser.add_argument(
+        "--profile-masking",
+        action="store_true",
+        help="time mask generation + application against a training step on random images, "
+        "print a table and exit (uses --backbone, --image-size, --batch-size, --mask-*)",
+    )
     return parser
 
 
 CLI_ONLY = ("resume", "restart", "profile_masking")
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
-                     given: set[str] | None = None) -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, base: dict[str, Any] | None = None, given: set[str] | None = None
+) -> TrainConfig:
     """The configuration of parsed flags; with ``base`` (a saved configuration) only the ``given`` flags apply."""
     values = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
     if base is not None:
@@ -846,8 +1027,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(levelname)s %(name)s{f' [rank {rank}]' if rank else ''}: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(levelname)s %(name)s{f' [rank {rank}]' if rank else ''}: %(message)s",
+    )
     try:
         if args.resume is not None:
             saved = args.resume / CONFIG_FILE
@@ -868,8 +1051,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if rank == 0:
         metadata = DetectorMetadata.load(checkpoint)
-        print(json.dumps({"checkpoint": str(checkpoint), "threshold": metadata.threshold.value,
-                          "metrics": metadata.metrics}, indent=1))
+        print(
+            json.dumps(
+                {"checkpoint": str(checkpoint), "threshold": metadata.threshold.value, "metrics": metadata.metrics},
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -76,11 +76,11 @@ FFT_FORMS = {
 }
 FFT_REASONS = {
     (Target.GPU_ORT, "dft"): "ONNX Runtime's CUDA execution provider has no DFT kernel: export the FFT stage as "
-                             "MatMul (--fft-impl matmul)",
+    "MatMul (--fft-impl matmul)",
     (Target.GPU_CUPY, "matmul"): "gpu-cupy runs the FFT stage in its python fft_stage model (CuPy): its engine "
-                                 "must be exported without it (--fft-impl external)",
+    "must be exported without it (--fft-impl external)",
     (Target.GPU_CUPY, "dft"): "gpu-cupy runs the FFT stage in its python fft_stage model (CuPy): its engine "
-                              "must be exported without it (--fft-impl external)",
+    "must be exported without it (--fft-impl external)",
 }
 
 
@@ -94,10 +94,13 @@ def check_fft_impl(target: Target | str, fft_impl: str) -> None:
     allowed = FFT_FORMS[target]
     if fft_impl in allowed:
         return
-    reason = FFT_REASONS.get((target, fft_impl), f"the {target.value} detector takes IMAGE with the FFT stage "
-                                                 "inside; 'external' is for --target gpu-cupy")
-    raise ValueError(f"--target {target.value} cannot use --fft-impl {fft_impl}: {reason} "
-                     f"(valid: {', '.join(allowed)})")
+    reason = FFT_REASONS.get(
+        (target, fft_impl),
+        f"the {target.value} detector takes IMAGE with the FFT stage inside; 'external' is for --target gpu-cupy",
+    )
+    raise ValueError(
+        f"--target {target.value} cannot use --fft-impl {fft_impl}: {reason} (valid: {', '.join(allowed)})"
+    )
 
 
 def artifact_fft_impl(artifact: str | Path) -> str | None:
@@ -132,11 +135,17 @@ def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_nam
     except package_metadata.PackageNotFoundError:
         software = "unknown"
     values = {
-        "detector_sha256": digest, "detector_artifact": artifact_name, "threshold": f"{metadata.threshold.value:.6g}",
-        "threshold_method": metadata.threshold.method, "backbone": metadata.backbone,
-        "input_size": "x".join(map(str, metadata.input_size)), "test_time_masks": str(metadata.fft_stage.masks),
-        "crops": str(metadata.coverage.crops), "crops_top_k": str(metadata.coverage.top_k),
-        "target": target.value, "fmdetect_version": software,
+        "detector_sha256": digest,
+        "detector_artifact": artifact_name,
+        "threshold": f"{metadata.threshold.value:.6g}",
+        "threshold_method": metadata.threshold.method,
+        "backbone": metadata.backbone,
+        "input_size": "x".join(map(str, metadata.input_size)),
+        "test_time_masks": str(metadata.fft_stage.masks),
+        "crops": str(metadata.coverage.crops),
+        "crops_top_k": str(metadata.coverage.top_k),
+        "target": target.value,
+        "fmdetect_version": software,
     }
     lines = ["", "# Which detector this ensemble serves (written by triton_repo.layout.write_repository)."]
     lines += [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in values.items()]
@@ -151,13 +160,12 @@ def render_config(model: str, target: Target | str, metadata: DetectorMetadata) 
     if path is None:
         raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
     height, width = metadata.input_size
-    return Template(path.read_text()).substitute(HEIGHT=height, WIDTH=width, VIEWS=views(metadata),
-                                                 CHANNELS=metadata.coverage.channels)
+    return Template(path.read_text()).substitute(
+        HEIGHT=height, WIDTH=width, VIEWS=views(metadata), CHANNELS=metadata.coverage.channels
+    )
 
 
-def write_repository(
-    target: Target | str, out: str | Path, metadata: DetectorMetadata, artifact: str | Path
-) -> Path:
+def write_repository(target: Target | str, out: str | Path, metadata: DetectorMetadata, artifact: str | Path) -> Path:
     """Write a servable repository for ``target`` into ``out`` (replaced atomically when it exists).
 
     Args:
@@ -220,5 +228,7 @@ def _check_engine_shape(plan: Path, target: Target, metadata: DetectorMetadata) 
     expected = [views(metadata), 3, height, width] if target is Target.GPU_CUPY else [channels, height, width]
     got = list(shapes.get("opt", []))[1:]
     if got and got != expected:
-        raise ValueError(f"engine {plan} takes {name} (B, {', '.join(map(str, got))}) but the {target.value} "
-                         f"config needs (B, {', '.join(map(str, expected))}): check --masks and the checkpoint")
+        raise ValueError(
+            f"engine {plan} takes {name} (B, {', '.join(map(str, got))}) but the {target.value} "
+            f"config needs (B, {', '.join(map(str, expected))}): check --masks and the checkpoint"
+        )

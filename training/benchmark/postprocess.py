@@ -15,8 +15,12 @@ import numpy as np
 from PIL import Image
 
 PNG_COMPRESS_LEVEL = 6
-RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                  "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
+RESIZE_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
 SUFFIXES = {"jpeg": ".jpg", "png": ".png"}
 
 
@@ -57,8 +61,9 @@ class Chain:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def draw_chains(count: int, source_size: int, size: int, spec: PostprocessSpec,
-                rng: np.random.Generator) -> list[Chain]:
+def draw_chains(
+    count: int, source_size: int, size: int, spec: PostprocessSpec, rng: np.random.Generator
+) -> list[Chain]:
     """``count`` chains for ``source_size`` px images that end at ``size`` px. Exact shares: ``round(share *
     count)`` images are resized and as many are JPEG, the two chosen independently."""
     resized = set(rng.permutation(count)[: round(spec.resize_share * count)].tolist()) if source_size > size else set()
@@ -67,14 +72,17 @@ def draw_chains(count: int, source_size: int, size: int, spec: PostprocessSpec,
     chains = []
     for i in range(count):
         target = int(rng.integers(size, source_size)) if i in resized else None
-        chains.append(Chain(
-            resized=target,
-            resize_filter=filters[int(rng.integers(len(filters)))] if target is not None else None,
-            top=float(rng.random()), left=float(rng.random()),
-            format="jpeg" if i in jpeg else "png",
-            quality=int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1)) if i in jpeg else None,
-            subsampling=("4:2:0", "4:4:4")[int(rng.integers(2))] if i in jpeg else None,
-        ))
+        chains.append(
+            Chain(
+                resized=target,
+                resize_filter=filters[int(rng.integers(len(filters)))] if target is not None else None,
+                top=float(rng.random()),
+                left=float(rng.random()),
+                format="jpeg" if i in jpeg else "png",
+                quality=int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1)) if i in jpeg else None,
+                subsampling=("4:2:0", "4:4:4")[int(rng.integers(2))] if i in jpeg else None,
+            )
+        )
     return chains
 
 

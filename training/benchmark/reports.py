@@ -66,15 +66,21 @@ def trivial_detector_report(out: Path, train_family: str, test_families: Sequenc
     for family in test_families:
         x, y = features_of(out, Split.TESTING.value, family)
         score = fitted.predict_proba(x)[:, 1]
-        entry = {"auc": round(float(roc_auc_score(y, score)), 3),
-                 "ap": round(float(average_precision_score(y, score)), 3), "within_family_cv_auc": None}
+        entry = {
+            "auc": round(float(roc_auc_score(y, score)), 3),
+            "ap": round(float(average_precision_score(y, score)), 3),
+            "within_family_cv_auc": None,
+        }
         if np.bincount(y).min() >= 2:
             folds = StratifiedKFold(n_splits=min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
             cv_score = cross_val_predict(detector(), x, y, cv=folds, method="predict_proba")[:, 1]
             entry["within_family_cv_auc"] = round(float(roc_auc_score(y, cv_score)), 3)
         families[family] = entry
-    return {"features": list(TRIVIAL_FEATURES),
-            "detector": f"standardised logistic regression fitted on training/{train_family}", "families": families}
+    return {
+        "features": list(TRIVIAL_FEATURES),
+        "detector": f"standardised logistic regression fitted on training/{train_family}",
+        "families": families,
+    }
 
 
 def match_reals(candidates: np.ndarray, fakes: np.ndarray) -> list[int]:
@@ -129,12 +135,18 @@ def spectrum_summary(real_db: np.ndarray, fake_db: np.ndarray) -> dict[str, Any]
     fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
     radius = np.hypot(fy, fx) / 0.5
     diff = fake_db - real_db
-    bands = {name: round(float(diff[(radius > lo) & (radius <= hi)].mean()), 3)
-             for name, (lo, hi) in SPECTRUM_BANDS.items()}
+    bands = {
+        name: round(float(diff[(radius > lo) & (radius <= hi)].mean()), 3) for name, (lo, hi) in SPECTRUM_BANDS.items()
+    }
     real_peak, fake_peak = grid_peak_excess(real_db), grid_peak_excess(fake_db)
-    return {"grid_peak_excess_db": {"real": round(real_peak, 3), "fake": round(fake_peak, 3),
-                                    "fake_minus_real": round(fake_peak - real_peak, 3)},
-            "fake_minus_real_db_by_band": bands}
+    return {
+        "grid_peak_excess_db": {
+            "real": round(real_peak, 3),
+            "fake": round(fake_peak, 3),
+            "fake_minus_real": round(fake_peak - real_peak, 3),
+        },
+        "fake_minus_real_db_by_band": bands,
+    }
 
 
 def plot_spectra(path: Path, diffs: dict[str, np.ndarray], summaries: dict[str, dict[str, Any]]) -> None:
@@ -148,20 +160,27 @@ def plot_spectra(path: Path, diffs: dict[str, np.ndarray], summaries: dict[str, 
     cols = min(5, len(families))
     rows = math.ceil(len(families) / cols)
     limit = max(float(np.percentile(np.abs(d), 99.5)) for d in diffs.values()) or 1.0
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 1.0, 3.0 * rows + 0.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.8 * cols + 1.0, 3.0 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     image = None
     for ax, family in zip(axes.flat, families):
         h, w = diffs[family].shape
-        image = ax.imshow(np.fft.fftshift(diffs[family]), cmap="RdBu_r", vmin=-limit, vmax=limit,
-                          extent=(-0.5, 0.5 - 1.0 / w, 0.5 - 1.0 / h, -0.5), interpolation="nearest")
+        image = ax.imshow(
+            np.fft.fftshift(diffs[family]),
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            extent=(-0.5, 0.5 - 1.0 / w, 0.5 - 1.0 / h, -0.5),
+            interpolation="nearest",
+        )
         peak = summaries[family]["grid_peak_excess_db"]["fake_minus_real"]
         high = summaries[family]["fake_minus_real_db_by_band"]["high"]
         ax.set_title(f"{family}\ngrid {peak:+.2f} dB, high band {high:+.1f} dB", fontsize=8)
         ax.set_xticks([-0.5, -0.25, 0, 0.25])
         ax.set_yticks([-0.5, -0.25, 0, 0.25])
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(families):]:
+    for ax in list(axes.flat)[len(families) :]:
         ax.axis("off")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, aspect=20, label="fake - real, dB")
     fig.suptitle("mean log-magnitude spectrum, fake minus real (testing split, cycles/pixel)", fontsize=10)

@@ -16,8 +16,15 @@ import numpy as np
 
 from training.benchmark.build import DATASET_FILE
 
-UNSEEN_KEYS = ("ap", "auc", "acc_calibrated", "real_acc_calibrated", "fake_acc_calibrated", "tpr_at_fpr_1",
-               "tpr_at_fpr_5")
+UNSEEN_KEYS = (
+    "ap",
+    "auc",
+    "acc_calibrated",
+    "real_acc_calibrated",
+    "fake_acc_calibrated",
+    "tpr_at_fpr_1",
+    "tpr_at_fpr_5",
+)
 
 
 def load_manifest(data: Path) -> dict[str, Any] | None:
@@ -32,8 +39,15 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def benchmark_summary(probs: np.ndarray, labels: np.ndarray, paths: Sequence[str], data: Path, threshold: float,
-                      table: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
+def benchmark_summary(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    paths: Sequence[str],
+    data: Path,
+    threshold: float,
+    table: dict[str, dict[str, Any]],
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
     """``unseen`` (mean over the families training never saw), ``real_sources`` (per source of the evaluated
     reals: n and FPR at ``threshold``), ``mechanisms`` (families and mean AP per mechanism) and
     ``leave_one_mechanism_out`` (the unseen mean AP without each mechanism's families)."""
@@ -61,28 +75,40 @@ def benchmark_summary(probs: np.ndarray, labels: np.ndarray, paths: Sequence[str
     return {
         "unseen_families": unseen,
         "unseen": {key: _mean([table[f][key] for f in unseen]) for key in UNSEEN_KEYS},
-        "real_sources": {source: {"n": len(flags), "fpr": float(np.mean(flags))}
-                         for source, flags in sorted(fpr.items())},
-        "mechanisms": {m: {"families": fams, "ap": _mean([table[f]["ap"] for f in fams])}
-                       for m, fams in by_mechanism.items()},
+        "real_sources": {
+            source: {"n": len(flags), "fpr": float(np.mean(flags))} for source, flags in sorted(fpr.items())
+        },
+        "mechanisms": {
+            m: {"families": fams, "ap": _mean([table[f]["ap"] for f in fams])} for m, fams in by_mechanism.items()
+        },
         "leave_one_mechanism_out": {
-            m: _mean([table[f]["ap"] for f in unseen if f not in fams]) for m, fams in by_mechanism.items()},
+            m: _mean([table[f]["ap"] for f in unseen if f not in fams]) for m, fams in by_mechanism.items()
+        },
     }
 
 
 def markdown(summary: dict[str, Any]) -> list[str]:
     """The summary's tables (percent) as markdown lines."""
+
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100.0 * value:.2f}"
 
     u = summary["unseen"]
-    lines = ["", "## Benchmark summary", "",
-             f"Unseen families ({len(summary['unseen_families'])}): AP {pct(u['ap'])}, acc@thr "
-             f"{pct(u['acc_calibrated'])}, TPR@1%FPR {pct(u['tpr_at_fpr_1'])}, TPR@5%FPR {pct(u['tpr_at_fpr_5'])}.",
-             "", "| real source | n | FPR at the threshold (%) |", "| --- | ---: | ---: |"]
+    lines = [
+        "",
+        "## Benchmark summary",
+        "",
+        f"Unseen families ({len(summary['unseen_families'])}): AP {pct(u['ap'])}, acc@thr "
+        f"{pct(u['acc_calibrated'])}, TPR@1%FPR {pct(u['tpr_at_fpr_1'])}, TPR@5%FPR {pct(u['tpr_at_fpr_5'])}.",
+        "",
+        "| real source | n | FPR at the threshold (%) |",
+        "| --- | ---: | ---: |",
+    ]
     lines += [f"| {s} | {r['n']} | {pct(r['fpr'])} |" for s, r in summary["real_sources"].items()]
     lines += ["", "| mechanism | families | mean AP | unseen mean AP without it |", "| --- | --- | ---: | ---: |"]
     for mechanism, row in summary["mechanisms"].items():
-        lines.append(f"| {mechanism} | {', '.join(row['families'])} | {pct(row['ap'])} | "
-                     f"{pct(summary['leave_one_mechanism_out'][mechanism])} |")
+        lines.append(
+            f"| {mechanism} | {', '.join(row['families'])} | {pct(row['ap'])} | "
+            f"{pct(summary['leave_one_mechanism_out'][mechanism])} |"
+        )
     return lines

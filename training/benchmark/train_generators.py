@@ -100,8 +100,9 @@ def _report(progress: Progress | None, step: int, steps: int, done: list[int]) -
         done[0] = step + 1
 
 
-def train_network(name: str, pixels: np.ndarray, steps: int, batch: int, patch: int, seed: int,
-                  progress: Progress | None = None) -> nn.Module:
+def train_network(
+    name: str, pixels: np.ndarray, steps: int, batch: int, patch: int, seed: int, progress: Progress | None = None
+) -> nn.Module:
     """Train family ``name``'s network on NHWC uint8 real crops for ``steps`` steps of ``batch`` patches."""
     spec = family(name)
     cfg = spec.training
@@ -110,18 +111,30 @@ def train_network(name: str, pixels: np.ndarray, steps: int, batch: int, patch: 
         generator = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         model = build_network(spec)
-        period = network_period(model) * (SuperResolutionGenerator.scale if spec.kind is Kind.SUPER_RESOLUTION_GAN
-                                          else 1)
+        period = network_period(model) * (
+            SuperResolutionGenerator.scale if spec.kind is Kind.SUPER_RESOLUTION_GAN else 1
+        )
         sample = PatchSampler(to_tensor(pixels), cfg.get("patch", patch), period, cfg.get("batch", batch), generator)
         model.train()
-        trainer = {Kind.AUTOENCODER: _train_autoencoder, Kind.SUPER_RESOLUTION_GAN: _train_gan,
-                   Kind.VAE: _train_vae, Kind.DIFFUSION: _train_diffusion, Kind.INPAINTING: _train_inpainting}
+        trainer = {
+            Kind.AUTOENCODER: _train_autoencoder,
+            Kind.SUPER_RESOLUTION_GAN: _train_gan,
+            Kind.VAE: _train_vae,
+            Kind.DIFFUSION: _train_diffusion,
+            Kind.INPAINTING: _train_inpainting,
+        }
         trainer[spec.kind](spec, model, sample, steps, generator, rng, progress)
     return model.eval()
 
 
-def _fit(model: nn.Module, lr: float, steps: int, warmup: float, loss_of_batch: Callable[[], torch.Tensor],
-         progress: Progress | None) -> None:
+def _fit(
+    model: nn.Module,
+    lr: float,
+    steps: int,
+    warmup: float,
+    loss_of_batch: Callable[[], torch.Tensor],
+    progress: Progress | None,
+) -> None:
     """Adam with a one-cycle schedule: ``steps`` steps minimising ``loss_of_batch()`` (which draws its batch)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = one_cycle(optimizer, lr, steps, warmup)
@@ -135,8 +148,15 @@ def _fit(model: nn.Module, lr: float, steps: int, warmup: float, loss_of_batch: 
         _report(progress, step, steps, done)
 
 
-def _train_autoencoder(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
-                       generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
+def _train_autoencoder(
+    spec: FamilySpec,
+    model: nn.Module,
+    sample: PatchSampler,
+    steps: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> None:
     cfg = spec.training
 
     def loss() -> torch.Tensor:
@@ -147,16 +167,24 @@ def _train_autoencoder(spec: FamilySpec, model: nn.Module, sample: PatchSampler,
     _fit(model, cfg["lr"], steps, 0.1, loss, progress)
 
 
-def _discriminator_step(disc: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                        fake: torch.Tensor) -> None:
+def _discriminator_step(
+    disc: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor
+) -> None:
     loss = F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def _train_gan(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
-               generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
+def _train_gan(
+    spec: FamilySpec,
+    model: nn.Module,
+    sample: PatchSampler,
+    steps: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> None:
     """L1 + non-saturating adversarial (+ texture) loss. A progressive generator trains its x2 stage alone for the
     first 40 % of the steps (against a 2x smaller target), then fades the x4 stage in over the next 20 %."""
     cfg = spec.training
@@ -174,16 +202,26 @@ def _train_gan(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: 
         target = F.avg_pool2d(x, 2) if stage == 1 else x
         fake = model(low, stage=stage, alpha=alpha)
         _discriminator_step(disc, opt_d, target, fake)
-        loss = (F.l1_loss(fake, target) + cfg["adversarial_weight"] * F.softplus(-disc(fake)).mean()
-                + cfg.get("texture_weight", 0.0) * texture_loss(fake, target))
+        loss = (
+            F.l1_loss(fake, target)
+            + cfg["adversarial_weight"] * F.softplus(-disc(fake)).mean()
+            + cfg.get("texture_weight", 0.0) * texture_loss(fake, target)
+        )
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
         _report(progress, step, steps, done)
 
 
-def _train_vae(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
-               generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
+def _train_vae(
+    spec: FamilySpec,
+    model: nn.Module,
+    sample: PatchSampler,
+    steps: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> None:
     """L1 + KL + texture, and an adversarial loss on the decoded sample when ``adversarial_weight`` > 0 (as the
     KL-regularised autoencoders of latent diffusion are trained)."""
     cfg = spec.training
@@ -194,8 +232,9 @@ def _train_vae(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: 
     def loss() -> torch.Tensor:
         x = sample()
         b, _, h, w = x.shape
-        noise = torch.randn((b, model.to_moments.out_channels // 2, h // model.period, w // model.period),
-                            generator=generator)
+        noise = torch.randn(
+            (b, model.to_moments.out_channels // 2, h // model.period, w // model.period), generator=generator
+        )
         y, mu, logvar = model(x, noise=noise)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).mean()
         total = F.l1_loss(y, x) + cfg["kl_weight"] * kl + cfg["texture_weight"] * texture_loss(y, x)
@@ -207,8 +246,15 @@ def _train_vae(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: 
     _fit(model, cfg["lr"], steps, 0.1, loss, progress)
 
 
-def _train_diffusion(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
-                     generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
+def _train_diffusion(
+    spec: FamilySpec,
+    model: nn.Module,
+    sample: PatchSampler,
+    steps: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> None:
     """DDPM: predict the noise added at a uniformly drawn step (simple MSE objective)."""
     cfg = spec.training
     abar = alphas_cumprod(cfg["timesteps"]).float()
@@ -223,8 +269,15 @@ def _train_diffusion(spec: FamilySpec, model: nn.Module, sample: PatchSampler, s
     _fit(model, cfg["lr"], steps, 0.05, loss, progress)
 
 
-def _train_inpainting(spec: FamilySpec, model: nn.Module, sample: PatchSampler, steps: int,
-                      generator: torch.Generator, rng: np.random.Generator, progress: Progress | None) -> None:
+def _train_inpainting(
+    spec: FamilySpec,
+    model: nn.Module,
+    sample: PatchSampler,
+    steps: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> None:
     """L1 on the hole (x6) and the rest, + adversarial loss on the composite; holes anywhere in the patch."""
     cfg = spec.training
     disc = PatchDiscriminator()
@@ -237,8 +290,11 @@ def _train_inpainting(spec: FamilySpec, model: nn.Module, sample: PatchSampler, 
         composite = x * (1.0 - hole) + out * hole
         _discriminator_step(disc, opt_d, x, composite)
         l1 = 6.0 * F.l1_loss(out * hole, x * hole) + F.l1_loss(out * (1.0 - hole), x * (1.0 - hole))
-        loss = (l1 + cfg["adversarial_weight"] * F.softplus(-disc(composite)).mean()
-                + cfg.get("texture_weight", 0.0) * texture_loss(composite, x))
+        loss = (
+            l1
+            + cfg["adversarial_weight"] * F.softplus(-disc(composite)).mean()
+            + cfg.get("texture_weight", 0.0) * texture_loss(composite, x)
+        )
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
@@ -252,9 +308,23 @@ def cache_key(name: str, pixels: np.ndarray, steps: int, batch: int, patch: int,
     """Everything that determines a trained network: spec, crops, steps, batch, patch, seed, torch version."""
     spec = asdict(family(name))
     digest = hashlib.sha256()
-    digest.update(json.dumps({"trainer": TRAINER_VERSION, "family": name, "spec": spec, "steps": steps,
-                              "batch": batch, "patch": patch, "seed": seed, "torch": torch.__version__,
-                              "shape": list(pixels.shape)}, sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "trainer": TRAINER_VERSION,
+                "family": name,
+                "spec": spec,
+                "steps": steps,
+                "batch": batch,
+                "patch": patch,
+                "seed": seed,
+                "torch": torch.__version__,
+                "shape": list(pixels.shape),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     digest.update(np.ascontiguousarray(pixels).tobytes())
     return digest.hexdigest()[:20]
 
@@ -296,8 +366,9 @@ def _init_worker(progress: Any) -> None:
     torch.set_num_threads(1)
 
 
-def run_jobs(jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], workers: int, total_steps: int,
-             desc: str) -> list[Any]:
+def run_jobs(
+    jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], workers: int, total_steps: int, desc: str
+) -> list[Any]:
     """Run ``fn(*args, progress=...)`` for each job, in ``workers`` spawned processes (one torch thread each) or in
     this process; returns the results in order. Progress (steps) is shown on one bar."""
     results: list[Any] = [None] * len(jobs)
@@ -307,8 +378,9 @@ def run_jobs(jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], workers
             try:
                 context = multiprocessing.get_context("spawn")
                 progress = context.Queue()
-                with futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                                 initializer=_init_worker, initargs=(progress,)) as pool:
+                with futures.ProcessPoolExecutor(
+                    min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(progress,)
+                ) as pool:
                     pending = {pool.submit(_call_with_queue, fn, args): i for i, (fn, args) in enumerate(jobs)}
                     waiting = set(pending)
                     while waiting:
@@ -340,8 +412,16 @@ def _drain(progress: Any, bar: tqdm) -> None:
             return
 
 
-def trained_network(name: str, pixels: np.ndarray, steps: int, batch: int, patch: int, seed: int, cache_dir: Path,
-                    progress: Progress | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def trained_network(
+    name: str,
+    pixels: np.ndarray,
+    steps: int,
+    batch: int,
+    patch: int,
+    seed: int,
+    cache_dir: Path,
+    progress: Progress | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Family ``name``'s network from the cache, or trained now and cached; with ``{cache_key, cached,
     train_seconds, steps}``."""
     key = cache_key(name, pixels, steps, batch, patch, seed)

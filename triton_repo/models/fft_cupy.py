@@ -60,8 +60,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         if args.get("model_instance_kind", "GPU") != "GPU":
-            raise ValueError(f"fft_stage runs CuPy on a GPU: set instance_group kind KIND_GPU "
-                             f"(got {args.get('model_instance_kind')})")
+            raise ValueError(
+                f"fft_stage runs CuPy on a GPU: set instance_group kind KIND_GPU "
+                f"(got {args.get('model_instance_kind')})"
+            )
         device_id = int(args.get("model_instance_device_id", 0))
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.metadata = DetectorMetadata.load(version_dir)
@@ -80,8 +82,10 @@ class TritonPythonModel:
         with self.math.stage.device:
             images = self.cp.asarray(tensor.as_numpy()) if tensor.is_cpu() else self.cp.from_dlpack(tensor)
         if images.dtype != self.cp.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.math.shape:
-            raise ValueError(f"{INPUT} must be uint8 (B, {', '.join(map(str, self.math.shape))}), got "
-                             f"{images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"{INPUT} must be uint8 (B, {', '.join(map(str, self.math.shape))}), got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
         return images
 
     def execute(self, requests):
@@ -94,7 +98,8 @@ class TritonPythonModel:
                 good.append(i)
             except ValueError as exc:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                )
         if not good:
             return responses
         try:
@@ -105,13 +110,15 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"fft_stage failed: {exc!r}")
             for i in good:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"fft stage failed: {exc}", pb_utils.TritonError.INTERNAL))
+                    error=pb_utils.TritonError(f"fft stage failed: {exc}", pb_utils.TritonError.INTERNAL)
+                )
             return responses
         start = 0
         for i, images in zip(good, arrays):
             end = start + len(images)
             # from_dlpack calls the array's __dlpack__ with Triton's stream and synchronises: no copy, no race.
             responses[i] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT, masked[start:end])])
+                output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT, masked[start:end])]
+            )
             start = end
         return responses

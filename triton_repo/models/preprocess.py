@@ -50,8 +50,9 @@ def limits_from_parameters(params):
         return DecodeLimits(
             max_bytes=_positive_int(params, "max_bytes", defaults.max_bytes),
             max_pixels=_positive_int(params, "max_pixels", defaults.max_pixels),
-            max_jpeg_pixels_per_byte=_positive_int(params, "max_jpeg_pixels_per_byte",
-                                                   defaults.max_jpeg_pixels_per_byte),
+            max_jpeg_pixels_per_byte=_positive_int(
+                params, "max_jpeg_pixels_per_byte", defaults.max_jpeg_pixels_per_byte
+            ),
             formats=formats,
         )
     except ValueError as exc:
@@ -76,22 +77,25 @@ class TritonPythonModel:
         self.rejected_family = pb_utils.MetricFamily(  # kept: its metrics die with it
             name="fmdetect_preprocess_rejected_requests_total",
             description="requests the preprocess stage rejected (INVALID_ARG), by reason",
-            kind=pb_utils.MetricFamily.COUNTER)
-        self.rejected = {reason: self.rejected_family.Metric(labels={"reason": reason})
-                         for reason in REJECTION_REASONS}
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.rejected = {reason: self.rejected_family.Metric(labels={"reason": reason}) for reason in REJECTION_REASONS}
         reader = region_reader()
         jpeg = f"centre regions read with {reader.path}" if reader is not None else "decoded whole (no libturbojpeg)"
         coverage = self.metadata.coverage
-        self.logger.log_info(f"preprocess ready: input size {self.metadata.input_size}, {coverage.crops} window(s) "
-                             f"per image (top {coverage.top_k}), limits {self.limits}, JPEGs {jpeg}")
+        self.logger.log_info(
+            f"preprocess ready: input size {self.metadata.input_size}, {coverage.crops} window(s) "
+            f"per image (top {coverage.top_k}), limits {self.limits}, JPEGs {jpeg}"
+        )
 
     def _decode(self, request):
         payload = pb_utils.get_input_tensor_by_name(request, IMAGE_BYTES).as_numpy().reshape(-1)
         images = []
         for index, item in enumerate(payload):
             try:
-                images.append(preprocess_image(bytes(item), self.metadata.input_size, self.limits,
-                                              self.metadata.coverage.crops))
+                images.append(
+                    preprocess_image(bytes(item), self.metadata.input_size, self.limits, self.metadata.coverage.crops)
+                )
             except ImageDecodeError as exc:
                 where = f"image {index} of {len(payload)}: " if len(payload) > 1 else ""
                 raise ImageDecodeError(f"{where}{exc}", exc.reason) from None
