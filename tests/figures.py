@@ -274,11 +274,63 @@ def render_ablation_runs() -> str:
     return "\n".join(lines)
 
 
+def render_coverage() -> str:
+    """The README's coverage table from ``docs/coverage/coverage.json`` (``python -m training.coverage``)."""
+    report = json.loads((ROOT / "docs" / "coverage" / "coverage.json").read_text())
+    rows = report["rows"]
+    counts = sorted({r["crops"] for r in rows})
+    per = "/".join(str(c) for c in counts)
+    lines = [
+        f"| split | arrangement | AP, {per} windows | TPR at 5 % FPR, {per} | reals called fake (%), {per} |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("validation", "testing"):
+        for arrangement in dict.fromkeys(r["arrangement"] for r in rows):
+            sel = sorted(
+                (r for r in rows if r["split"] == split and r["arrangement"] == arrangement), key=lambda r: r["crops"]
+            )
+            cells = [
+                " / ".join(f"{r['ap']:.3f}" for r in sel),
+                " / ".join(f"{r['tpr_at_fpr_5']:.3f}" for r in sel),
+                " / ".join(f"{100 * r['real_fpr_at_threshold']:.1f}" for r in sel),
+            ]
+            lines.append(f"| {split} | {arrangement} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| windows | Triton gRPC images/s, concurrency 1 (per round) | concurrency 4 (per round) | "
+        "detector ms per request, concurrency 1 | preprocess ms per request, concurrency 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for crops in counts:
+        runs = [
+            json.loads(path.read_text())["runs"]
+            for path in sorted((ROOT / "docs" / "coverage").glob(f"perf_c{crops}_r*.json"))
+        ]
+        if not runs:
+            continue
+
+        def level(concurrency: int, key: str, runs: list = runs) -> list:
+            found = [next(r for r in rs if r["backend"] == "triton" and r["concurrency"] == concurrency) for rs in runs]
+            return [key_of(r, key) for r in found]
+
+        def key_of(run: dict, key: str) -> float:
+            return run["throughput_ips"] if key == "ips" else run["server"][key]["compute_infer_us"] / 1000
+
+        lines.append(
+            f"| {crops} | {', '.join(f'{x:.1f}' for x in level(1, 'ips'))} | "
+            f"{', '.join(f'{x:.1f}' for x in level(4, 'ips'))} | "
+            f"{', '.join(f'{x:.1f}' for x in level(1, 'detector'))} | "
+            f"{', '.join(f'{x:.1f}' for x in level(1, 'preprocess'))} |"
+        )
+    return "\n".join(lines)
+
+
 # Blocks rendered from committed result files other than the tests' records: name -> (document, renderer).
 DERIVED = {
     "fp16": ("triton_repo/GPU.md", render_fp16),
     "one_vs_two": ("deploy/README.md", render_one_vs_two),
     "ablation_runs": ("README.md", render_ablation_runs),
+    "coverage": ("README.md", render_coverage),
 }
 
 

@@ -459,3 +459,44 @@ def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_
         calibrate_main(
             ["--checkpoint", str(source), "--data", str(small_dataset), "--crops", "6", "--out", str(tmp_path / "bad")]
         )
+
+
+def test_coverage_command_sweeps_every_arrangement_and_chooses_on_validation(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """``training.coverage``: 1/5/9 windows on every validation and testing arrangement of the mosaics, a choice made
+    on validation rows only by the fixed rule, and its report files; a second run reuses the evaluations."""
+    from training import coverage
+    from training.benchmark.mosaics import ARRANGEMENTS, MosaicConfig, build_mosaics
+
+    mosaics = build_mosaics(MosaicConfig(small_dataset, tmp_path / "mosaics", per_class=2, validation_per_class=4))
+    checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
+    argv = ["--checkpoint", str(checkpoint), "--mosaics", str(mosaics), "--out", str(tmp_path / "out")]
+    assert coverage.main([*argv, "--work", str(tmp_path / "work")]) == 0
+    report = json.loads((tmp_path / "out" / "coverage.json").read_text())
+    rows = report["rows"]
+    assert {(r["split"], r["arrangement"], r["crops"]) for r in rows} == {
+        (s, a, c) for s in coverage.SPLITS for a in ARRANGEMENTS for c in (1, 5, 9)
+    }
+    assert report["choice"] == json.loads(json.dumps(coverage.choose(rows)))  # (JSON keys are strings)
+    assert (tmp_path / "out" / "coverage.png").stat().st_size > 0
+    assert "Chosen by the rule" in (tmp_path / "out" / "coverage.md").read_text()
+    stamp = (tmp_path / "work" / "testing_whole" / METRICS_JSON).stat().st_mtime_ns
+    assert coverage.main([*argv, "--work", str(tmp_path / "work")]) == 0
+    assert (tmp_path / "work" / "testing_whole" / METRICS_JSON).stat().st_mtime_ns == stamp  # reused
+
+
+def test_coverage_rule_takes_the_fewest_windows_within_the_tolerance() -> None:
+    from training.coverage import choose
+
+    def rows(aps: dict[int, tuple[float, float]]) -> list[dict]:
+        return [
+            {"split": split, "arrangement": a, "crops": c, "ap": ap}
+            for c, (val, test) in aps.items()
+            for split, ap in (("validation", val), ("testing", test))
+            for a in ("whole", "surround")
+        ]
+
+    assert choose(rows({1: (0.80, 0.99), 5: (0.90, 0.5), 9: (0.905, 0.5)}))["crops"] == 5  # testing never counts
+    assert choose(rows({1: (0.80, 0.5), 5: (0.85, 0.5), 9: (0.90, 0.5)}))["crops"] == 9
+    assert choose(rows({1: (0.895, 0.5), 5: (0.90, 0.5), 9: (0.90, 0.5)}))["crops"] == 1

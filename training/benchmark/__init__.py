@@ -17,8 +17,8 @@ real photographs from sources it never saw alone?
 Modules, one job each: ``photos`` (the photo table and fetching from Debian, PyPI and npm), ``crops`` (crops and
 the split by source), ``families`` (the one registry of generator families), ``networks`` (their networks),
 ``train_generators`` (training, cache, parallel processes), ``generate`` (sampling), ``postprocess`` (the chain
-both classes go through), ``reports`` (spectra, trivial detectors), ``build`` (the build), ``config`` (profiles)
-and ``cli``.
+both classes go through), ``reports`` (spectra, trivial detectors), ``build`` (the build), ``config`` (profiles),
+``cli``, and ``mosaics`` (photo-sized test images composed from a build's tiles, for measuring coverage).
 
 Example::
 
