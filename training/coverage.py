@@ -3,8 +3,8 @@
 For every arrangement of ``training.benchmark.mosaics`` (whole, surround, one_tile), on the validation split and on
 every testing family, ``training.evaluate --crops`` measures 1, 5 and 9 windows per image (``core.metadata.Coverage``,
 max rule): mean AP, TPR at 5 % FPR, the share of reals called fake at the checkpoint's threshold and the model's
-cost per image. The coverage is chosen on the validation arrangements only, by a rule fixed before any figure:
-the highest mean AP over the arrangements, then the fewest windows within ``TOLERANCE`` of it. The testing
+cost per image. The coverage is chosen on the validation arrangements only, by a fixed rule: the highest mean
+AP over the arrangements, then the fewest windows within ``TOLERANCE`` of it. The testing
 figures report what that choice gives on families the training never saw.
 
 Writes ``OUT/coverage.json``, ``OUT/coverage.md`` and ``OUT/coverage.png``; each evaluation goes to
