@@ -93,10 +93,10 @@ def run_module(*args: str) -> None:
 def build_data(cfg: DemoConfig) -> None:
     if cfg.retrain:
         step(f"Benchmark, full profile (cached; about 25 min on 2 cores the first time): {cfg.data}")
-        run_module("training.benchmark", "--out", str(cfg.data), "--seed", str(cfg.seed))
+        run_module("fmdetect.training.benchmark", "--out", str(cfg.data), "--seed", str(cfg.seed))
     else:
         step(f"Benchmark, demo profile: testing images of 4 families (cached; minutes the first time): {cfg.data}")
-        run_module("training.benchmark", "--out", str(cfg.data), "--profile", "demo", "--seed", str(cfg.seed))
+        run_module("fmdetect.training.benchmark", "--out", str(cfg.data), "--profile", "demo", "--seed", str(cfg.seed))
 
 
 def train(cfg: DemoConfig) -> None:
@@ -111,7 +111,7 @@ def train(cfg: DemoConfig) -> None:
     else:
         if not (cfg.run / "checkpoint" / "metadata.json").is_file():
             run_module(
-                "training.train",
+                "fmdetect.training.train",
                 "--data",
                 str(cfg.data),
                 "--out",
@@ -123,7 +123,7 @@ def train(cfg: DemoConfig) -> None:
                 str(cfg.seed),
             )
         run_module(
-            "training.calibrate",
+            "fmdetect.training.calibrate",
             "--checkpoint",
             str(cfg.run / "checkpoint"),
             "--data",
@@ -137,7 +137,7 @@ def train(cfg: DemoConfig) -> None:
         )
     if not (cfg.run / "eval" / "metrics.md").is_file():
         run_module(
-            "training.evaluate",
+            "fmdetect.training.evaluate",
             "--checkpoint",
             str(cfg.checkpoint),
             "--data",
@@ -164,7 +164,7 @@ def export(cfg: DemoConfig) -> None:
         print("reusing the exported repository")
         return
     run_module(
-        "export",
+        "fmdetect.export",
         "repo",
         "--checkpoint",
         str(cfg.checkpoint),
@@ -190,8 +190,8 @@ def sample_images(cfg: DemoConfig, per_class: int = 3) -> list[tuple[str, int, P
 
 
 def serve_and_classify(cfg: DemoConfig) -> None:
-    from client import ClientConfig, DetectorClient
-    from triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.client import ClientConfig, DetectorClient
+    from fmdetect.triton_repo.server import ServerConfig, TritonServer
 
     step("Serve: tritonserver (python backend) on 127.0.0.1, free ports")
     with TritonServer(ServerConfig(model_repository=cfg.repository)) as server:

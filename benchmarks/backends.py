@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.metadata import DetectorMetadata
-from core.names import ENSEMBLE, IMAGE, IMAGE_BYTES, PROB_FAKE
-from core.preprocess import preprocess_image
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import ENSEMBLE, IMAGE, IMAGE_BYTES, PROB_FAKE
+from fmdetect.core.preprocess import preprocess_image
 
 MODEL = ENSEMBLE
 
@@ -225,7 +225,7 @@ def pytorch_runner(checkpoint: Path) -> Callable[[np.ndarray], np.ndarray]:
     """PyTorch eager, fp32, the training-time model (torch.fft stage)."""
     import torch
 
-    from training.checkpoint import load_detector
+    from fmdetect.training.checkpoint import load_detector
 
     model = load_detector(checkpoint)
 

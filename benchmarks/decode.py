@@ -23,9 +23,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
-from core.jpeg import region_reader  # noqa: E402
-from core.preprocess import center_crop_or_pad, decode_center_crop, decode_image  # noqa: E402
+from fmdetect.benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
+from fmdetect.core.jpeg import region_reader  # noqa: E402
+from fmdetect.core.preprocess import center_crop_or_pad, decode_center_crop, decode_image  # noqa: E402
 
 BANDS = ((0.0, 1.0), (1.0, 5.0), (5.0, 8.0), (8.0, 12.5), (12.5, float("inf")))  # megapixels
 

@@ -76,7 +76,7 @@ def cuda_device():
 
 def _test_images(data: Path | None, size: tuple[int, int], limit: int = 512, crops: int = 1) -> tuple[np.ndarray, str]:
     """(N, 3 * crops, H, W) uint8 detector inputs: the testing split of ``data`` when given, else generated photos."""
-    from core.preprocess import preprocess_image
+    from fmdetect.core.preprocess import preprocess_image
 
     if data is not None and (data / "testing").is_dir():
         paths = sorted(p for p in (data / "testing").rglob("*") if p.is_file())[:limit]
@@ -84,7 +84,7 @@ def _test_images(data: Path | None, size: tuple[int, int], limit: int = 512, cro
             np.stack([preprocess_image(p.read_bytes(), size, crops=crops) for p in paths]),
             f"{len(paths)} images of {data}",
         )
-    from benchmarks.payloads import PayloadProfile, generate
+    from fmdetect.benchmarks.payloads import PayloadProfile, generate
 
     payloads = generate(PayloadProfile.THUMBNAILS, 64, seed=0)
     images = np.stack([preprocess_image(p.data, size, crops=crops) for p in payloads])
@@ -129,7 +129,7 @@ def check_gpu_tests(args: argparse.Namespace) -> dict:
 def check_detector_fp16(args: argparse.Namespace) -> dict:
     import torch
 
-    from training.checkpoint import load_detector
+    from fmdetect.training.checkpoint import load_detector
 
     device = cuda_device()
     model = load_detector(args.checkpoint).to(device)
@@ -158,9 +158,9 @@ def check_detector_fp16(args: argparse.Namespace) -> dict:
 def check_matmul_dft_fp16(args: argparse.Namespace) -> dict:
     import torch
 
-    from core.fft import inference_masks
-    from core.metadata import FFTStageConfig
-    from training.fft_stage import MatmulDFT, masked_fft_torch
+    from fmdetect.core.fft import inference_masks
+    from fmdetect.core.metadata import FFTStageConfig
+    from fmdetect.training.fft_stage import MatmulDFT, masked_fft_torch
 
     device = cuda_device()
     figures = {}
@@ -215,9 +215,9 @@ def _graphed(forward: Callable, example):
 def check_throughput(args: argparse.Namespace) -> dict:
     import torch
 
-    from core.metadata import DetectorMetadata
-    from training.checkpoint import load_detector
-    from training.model import Detector
+    from fmdetect.core.metadata import DetectorMetadata
+    from fmdetect.training.checkpoint import load_detector
+    from fmdetect.training.model import Detector
 
     device = cuda_device()
     models = {
@@ -264,8 +264,8 @@ def check_gpu_jpeg(args: argparse.Namespace) -> dict:
         raise Skip(f"torchvision is not installed ({exc})") from None
     from PIL import Image
 
-    from benchmarks.payloads import photo_like
-    from core.preprocess import center_box, preprocess_image
+    from fmdetect.benchmarks.payloads import photo_like
+    from fmdetect.core.preprocess import center_box, preprocess_image
 
     rng = np.random.default_rng(0)
     figures = {}

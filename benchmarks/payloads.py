@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.preprocess import IMAGE_SUFFIXES
+from fmdetect.core.preprocess import IMAGE_SUFFIXES
 
 
 class PayloadProfile(str, Enum):

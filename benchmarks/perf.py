@@ -31,7 +31,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.backends import (  # noqa: E402
+from fmdetect.benchmarks.backends import (  # noqa: E402
     MODEL,
     Backend,
     InProcessSender,
@@ -46,7 +46,7 @@ from benchmarks.backends import (  # noqa: E402
     statistics_delta,
     summed_statistics,
 )
-from benchmarks.loadgen import (  # noqa: E402
+from fmdetect.benchmarks.loadgen import (  # noqa: E402
     Arrivals,
     LevelResult,
     WindowPolicy,
@@ -55,9 +55,16 @@ from benchmarks.loadgen import (  # noqa: E402
     latency_summary_ms,
     open_loop,
 )
-from benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
-from benchmarks.report import RunRecord, format_server_breakdown, format_table, write_csv, write_json, write_plot  # noqa: E402
-from core.metadata import DetectorMetadata  # noqa: E402
+from fmdetect.benchmarks.payloads import Payload, PayloadProfile, describe, from_directory, generate, summary_line  # noqa: E402
+from fmdetect.benchmarks.report import (  # noqa: E402
+    RunRecord,
+    format_server_breakdown,
+    format_table,
+    write_csv,
+    write_json,
+    write_plot,
+)
+from fmdetect.core.metadata import DetectorMetadata  # noqa: E402
 
 logger = logging.getLogger("perf")
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +307,7 @@ def ensure_repository(cfg: PerfConfig) -> Path:
         [
             sys.executable,
             "-m",
-            "export",
+            "fmdetect.export",
             "repo",
             "--checkpoint",
             str(checkpoint),
@@ -400,9 +407,9 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
     import onnxruntime as ort
     import torch
 
-    from core.fft import apply_fft_stage, inference_masks
-    from core.metadata import FFTStageConfig
-    from training.fft_stage import FFTImpl, FFTStage
+    from fmdetect.core.fft import apply_fft_stage, inference_masks
+    from fmdetect.core.metadata import FFTStageConfig
+    from fmdetect.training.fft_stage import FFTImpl, FFTStage
 
     k = metadata.fft_stage.views
     h, w = metadata.input_size
@@ -497,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = cfg.url
     if url is None:
-        from triton_repo.server import ServerConfig, TritonServer
+        from fmdetect.triton_repo.server import ServerConfig, TritonServer
 
         server = TritonServer(ServerConfig(model_repository=ensure_repository(cfg)))
         server.start()
@@ -523,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             runs += measure_inprocess(cfg, Backend.ONNXRUNTIME, onnxruntime_runner(onnx_path), metadata, sent)
             extra["fft_stage"] = fft_stage_costs(metadata)
         if cfg.perf_analyzer:
-            from benchmarks import perf_analyzer
+            from fmdetect.benchmarks import perf_analyzer
 
             pa_url = server.grpc_url if server is not None else url
             try:

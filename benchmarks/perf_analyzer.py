@@ -25,8 +25,8 @@ import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from benchmarks.loadgen import WindowPolicy
-from core.names import IMAGE_BYTES
+from fmdetect.benchmarks.loadgen import WindowPolicy
+from fmdetect.core.names import IMAGE_BYTES
 
 logger = logging.getLogger(__name__)
 

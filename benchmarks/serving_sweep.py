@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "export",
+                "fmdetect.export",
                 "repo",
                 "--checkpoint",
                 str(ROOT / "detectors" / "default"),

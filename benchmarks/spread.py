@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.backends import MODEL, Protocol, TritonSender, replica_statistics
-from benchmarks.loadgen import WindowPolicy, closed_loop_async, latency_summary_ms
-from serving import procfs
+from fmdetect.benchmarks.backends import MODEL, Protocol, TritonSender, replica_statistics
+from fmdetect.benchmarks.loadgen import WindowPolicy, closed_loop_async, latency_summary_ms
+from fmdetect.serving import procfs
 
 logger = logging.getLogger(__name__)
 
@@ -250,15 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from benchmarks.payloads import square
+    from fmdetect.benchmarks.payloads import square
 
     payloads = [p.data for p in square(32, args.image_size, "jpeg")]
     policy = WindowPolicy(window_s=args.window, warmup_s=1.0, max_windows=args.max_windows)
     levels = [int(v) for v in args.concurrency.split(",") if v.strip()]
     report: dict = {"machine": f"{os.cpu_count()} CPU cores"}
     if args.model_repository is not None:
-        from deploy.cluster import Cluster, ClusterConfig, ClusterError, describe
-        from triton_repo.server import free_port
+        from fmdetect.deploy.cluster import Cluster, ClusterConfig, ClusterError, describe
+        from fmdetect.triton_repo.server import free_port
 
         try:
             cluster = Cluster(

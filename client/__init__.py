@@ -1,6 +1,6 @@
 """gRPC client (library and CLI) for the deepfake-image detector served by Triton; no torch needed."""
 
-from client.detector_client import (
+from fmdetect.client.detector_client import (
     AsyncDetectorClient,
     ClientConfig,
     DetectorClient,

@@ -1,5 +1,5 @@
 """``python -m client``: see ``client.cli``."""
 
-from client.cli import main
+from fmdetect.client.cli import main
 
 raise SystemExit(main())

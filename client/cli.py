@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TextIO
 
-from client.detector_client import (
+from fmdetect.client.detector_client import (
     ClientConfig,
     DetectorClient,
     DetectorClientError,
@@ -208,7 +208,10 @@ def _non_negative_float(text: str) -> float:
 def get_args_parser() -> argparse.ArgumentParser:
     """The ``python -m client`` argument parser."""
     defaults = ClientConfig()
-    parser = argparse.ArgumentParser(prog=PROG, description="Client of the deepfake-image detector served by Triton.")
+    # `fmdetect-client` once installed; `python -m client` (or `-m fmdetect.client`) from a checkout.
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = invoked if invoked and invoked != "__main__.py" else PROG
+    parser = argparse.ArgumentParser(prog=prog, description="Client of the deepfake-image detector served by Triton.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     classify = commands.add_parser(
         "classify",

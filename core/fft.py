@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.metadata import Band, FFTStageConfig
+from fmdetect.core.metadata import Band, FFTStageConfig
 
 BAND_EDGES = {Band.LOW: (-1.0, 0.25), Band.MID: (0.25, 0.5), Band.HIGH: (0.5, np.inf), Band.ALL: (-1.0, np.inf)}
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from core.jpeg import region_reader
-from core.metadata import grid_side, is_valid_crop_count
+from fmdetect.core.jpeg import region_reader
+from fmdetect.core.metadata import grid_side, is_valid_crop_count
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File-name suffixes of the accepted formats: what the tools that walk folders of images pick up.

@@ -45,8 +45,8 @@ from enum import Enum
 from pathlib import Path
 from string import Template
 
-from serving import procfs
-from triton_repo.server import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer, free_port
+from fmdetect.serving import procfs
+from fmdetect.triton_repo.server import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer, free_port
 
 logger = logging.getLogger(__name__)
 

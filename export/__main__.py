@@ -22,11 +22,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from export.fp16_numerics import add_fp16_numerics_args, run_fp16_numerics
-from export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
-from export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
-from export.trt_ops import add_trt_ops_args, run_trt_ops
-from triton_repo.layout import Target, check_fft_impl, write_repository
+from fmdetect.export.fp16_numerics import add_fp16_numerics_args, run_fp16_numerics
+from fmdetect.export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
+from fmdetect.export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
+from fmdetect.export.trt_ops import add_trt_ops_args, run_trt_ops
+from fmdetect.triton_repo.layout import Target, check_fft_impl, write_repository
 
 logger = logging.getLogger("export")
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             result = build_engine(engine_config_from_args(args))
             print(f"wrote {result.plan} and {result.metadata_path}")
             return 0
-        from core.metadata import DetectorMetadata
+        from fmdetect.core.metadata import DetectorMetadata
 
         target = Target(args.target)
         metadata = DetectorMetadata.load(args.checkpoint)

@@ -40,11 +40,19 @@ import numpy as np
 import onnx
 import torch
 
-from core.metadata import DetectorMetadata
-from core.names import LOGIT
-from export.onnx_export import INPUT_NAME, ExportConfig, OnnxFFT, Precision, export_onnx, load_with_masks, to_fp16
-from training.data import RealFakeDataset
-from training.model import ServingHead
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import LOGIT
+from fmdetect.export.onnx_export import (
+    INPUT_NAME,
+    ExportConfig,
+    OnnxFFT,
+    Precision,
+    export_onnx,
+    load_with_masks,
+    to_fp16,
+)
+from fmdetect.training.data import RealFakeDataset
+from fmdetect.training.model import ServingHead
 
 logger = logging.getLogger(__name__)
 

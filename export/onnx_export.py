@@ -30,13 +30,13 @@ import onnx
 import torch
 from torch import nn
 
-from core.fft import apply_fft_stage, inference_masks
-from core.metadata import DetectorMetadata
-from core.names import IMAGE, IS_FAKE, LOGIT, MASKED, OUTPUTS, PROB_FAKE
-from core.preprocess import normalize
-from training.checkpoint import load_detector, with_masks
-from training.fft_stage import FFTImpl
-from training.model import Detector, ServingHead, aggregate_windows
+from fmdetect.core.fft import apply_fft_stage, inference_masks
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import IMAGE, IS_FAKE, LOGIT, MASKED, OUTPUTS, PROB_FAKE
+from fmdetect.core.preprocess import normalize
+from fmdetect.training.checkpoint import load_detector, with_masks
+from fmdetect.training.fft_stage import FFTImpl
+from fmdetect.training.model import Detector, ServingHead, aggregate_windows
 
 logger = logging.getLogger(__name__)
 

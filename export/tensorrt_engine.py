@@ -30,8 +30,8 @@ from typing import Any
 
 import onnx
 
-from core.checksum import sha256_file
-from export.onnx_export import INPUT_NAME, MASKED_INPUT_NAME, OUTPUT_NAMES
+from fmdetect.core.checksum import sha256_file
+from fmdetect.core.names import IMAGE, MASKED, OUTPUTS
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def engine_metadata_path(plan: str | Path) -> Path:
 
 
 # The graph's single input: IMAGE uint8 (B, C, H, W), or MASKED float32 (B, K, C, H, W) for --fft-impl external.
-INPUT_RANKS = {INPUT_NAME: 4, MASKED_INPUT_NAME: 5}
+INPUT_RANKS = {IMAGE: 4, MASKED: 5}
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,12 @@ def read_onnx_input(path: str | Path) -> OnnxInputInfo:
     model = onnx.load(str(path), load_external_data=False)
     inputs = {value.name: value for value in model.graph.input}
     if len(inputs) != 1 or not set(inputs) <= set(INPUT_RANKS):
-        raise ValueError(
-            f"{path} has no input {INPUT_NAME} (or {MASKED_INPUT_NAME} alone) (inputs: {', '.join(inputs) or 'none'})"
-        )
+        raise ValueError(f"{path} has no input {IMAGE} (or {MASKED} alone) (inputs: {', '.join(inputs) or 'none'})")
     (name,) = inputs
     dims = inputs[name].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(static) != INPUT_RANKS[name] or None in static[1:]:
-        layout = "C, H, W" if name == INPUT_NAME else "K, C, H, W"
+        layout = "C, H, W" if name == IMAGE else "K, C, H, W"
         raise ValueError(
             f"{name} of {path} must be (batch, {layout}) with static {layout}, got "
             f"{[d.dim_param or d.dim_value for d in dims]}"
@@ -182,7 +180,7 @@ def detect_gpu(device: int = 0) -> GpuInfo:
 def _triton_max_batch() -> int | None:
     """``max_batch_size`` of the gpu-trt Triton config: the profile must reach it."""
     try:
-        from triton_repo.layout import CONFIGS
+        from fmdetect.triton_repo.layout import CONFIGS
 
         match = re.search(r"max_batch_size:\s*(\d+)", (CONFIGS / "detector.gpu-trt.pbtxt").read_text())
         return int(match.group(1)) if match else None
@@ -237,8 +235,8 @@ class EngineBuilder:
         if names != [self.input_info.name]:
             raise EngineBuildError(f"expected the single input {self.input_info.name}, the network has {names}")
         outputs = [self.network.get_output(i).name for i in range(self.network.num_outputs)]
-        if sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise EngineBuildError(f"expected outputs {list(OUTPUT_NAMES)}, the network has {outputs}")
+        if sorted(outputs) != sorted(OUTPUTS):
+            raise EngineBuildError(f"expected outputs {list(OUTPUTS)}, the network has {outputs}")
         logger.info(
             "parsed %s: %d layers, precision %s (strongly typed)",
             path,
@@ -338,7 +336,7 @@ class EngineBuilder:
             "fft_impl": info.fft_impl,
             "strongly_typed": True,
             "input": info.name,
-            "outputs": list(OUTPUT_NAMES),
+            "outputs": list(OUTPUTS),
             "profile": {info.name: self.profile_shapes()},
             "workspace_gib": c.workspace_gib,
             "onnx": {"file": c.onnx.name, "sha256": sha256_file(c.onnx)},

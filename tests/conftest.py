@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.metadata import DetectorMetadata, FFTStageConfig
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
 
 CHECKPOINT_SIZE = (64, 64)
 
@@ -43,8 +43,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.model import Detector
+    from fmdetect.training.checkpoint import save_checkpoint
+    from fmdetect.training.model import Detector
 
     torch.manual_seed(0)
     metadata = DetectorMetadata(
@@ -57,7 +57,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repository(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.__main__ import main as export_main
+    from fmdetect.export.__main__ import main as export_main
 
     out = tmp_path_factory.mktemp("repo") / "repository"
     assert export_main(["repo", "--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out)]) == 0
@@ -66,7 +66,7 @@ def cpu_repository(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def triton_server(cpu_repository: Path):
-    from triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.triton_repo.server import ServerConfig, TritonServer
 
     server = TritonServer(ServerConfig(model_repository=cpu_repository))
     server.start()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training import ablation
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.benchmark.families import TRAIN_FAMILY
+from fmdetect.training import ablation
+from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
+from fmdetect.training.benchmark.families import TRAIN_FAMILY
 
 TINY_TRAINING = "--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 1 --max-steps 2 --workers 0"
 

@@ -21,19 +21,34 @@ def _allowed() -> dict[str, set[str]]:
     return allowed
 
 
-def _imports(path: Path) -> set[str]:
+def _modules(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    """The project packages ``path`` imports: ``fmdetect.core.x`` -> ``core``."""
+    return {m.split(".")[1] for m in _modules(path) if m.startswith("fmdetect.")}
+
+
+def test_project_imports_go_through_the_one_installed_name() -> None:
+    """``from core.x import`` would load a second copy of ``fmdetect.core.x`` in a checkout and fail installed:
+    every project import spells ``fmdetect.``."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"fmdetect", "tests"}
+    files = [*ROOT.glob("*.py"), *(f for package in packages | {"tests"} for f in (ROOT / package).rglob("*.py"))]
+    bare = [f"{f.relative_to(ROOT)}: {m}" for f in files for m in _modules(f) if m.split(".")[0] in packages]
+    assert not bare, bare
 
 
 def test_every_package_is_in_the_table() -> None:
     allowed = _allowed()
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
     assert set(allowed) == packages, (sorted(allowed), sorted(packages))
 
 

@@ -24,24 +24,24 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core.checksum import sha256_file
-from training.benchmark import cli
-from training.benchmark.build import DATASET_FILE, SPECTRA_FILE, build_dataset, is_complete
-from training.benchmark.config import BuildConfig, Profile
-from training.benchmark.crops import assign_sources
-from training.benchmark.families import (
+from fmdetect.core.checksum import sha256_file
+from fmdetect.training.benchmark import cli
+from fmdetect.training.benchmark.build import DATASET_FILE, SPECTRA_FILE, build_dataset, is_complete
+from fmdetect.training.benchmark.config import BuildConfig, Profile
+from fmdetect.training.benchmark.crops import assign_sources
+from fmdetect.training.benchmark.families import (
     ALL_FAMILIES,
     FAMILIES,
     TRAIN_FAMILY,
     Kind,
     Mechanism,
 )
-from training.benchmark.generate import build_network, load_pretrained_dcgan, make_fakes
-from training.benchmark.photos import fetch_source, photo_sources
-from training.benchmark.postprocess import PostprocessSpec, apply_chain, draw_chains
-from training.benchmark.reports import match_reals, mean_log_spectrum, spectrum_summary
-from training.benchmark.train_generators import trained_network
-from training.data import FAKE_DIR, REAL_DIR, Split
+from fmdetect.training.benchmark.generate import build_network, load_pretrained_dcgan, make_fakes
+from fmdetect.training.benchmark.photos import fetch_source, photo_sources
+from fmdetect.training.benchmark.postprocess import PostprocessSpec, apply_chain, draw_chains
+from fmdetect.training.benchmark.reports import match_reals, mean_log_spectrum, spectrum_summary
+from fmdetect.training.benchmark.train_generators import trained_network
+from fmdetect.training.data import FAKE_DIR, REAL_DIR, Split
 
 SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "benchmark" / "dataset_summary.json"
 
@@ -376,8 +376,8 @@ def test_command_line_profiles(tmp_path: Path) -> None:
 def test_mosaics_place_fake_tiles_as_their_arrangement_says(small_dataset: Path, tmp_path: Path) -> None:
     """Photo-sized mosaics of the build's tiles: reals of nine real tiles; fakes the same real tiles with all,
     all-but-the-centre or one off-centre tile replaced by fakes; deterministic; validation in every arrangement."""
-    from core.preprocess import decode_image
-    from training.benchmark.mosaics import ARRANGEMENTS, MANIFEST, MosaicConfig, build_mosaics
+    from fmdetect.core.preprocess import decode_image
+    from fmdetect.training.benchmark.mosaics import ARRANGEMENTS, MANIFEST, MosaicConfig, build_mosaics
 
     config = MosaicConfig(small_dataset, tmp_path / "mosaics", per_class=3, validation_per_class=2)
     out = build_mosaics(config)

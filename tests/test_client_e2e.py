@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import (
+from fmdetect.client import (
     AsyncDetectorClient,
     ClientConfig,
     DetectorClient,
@@ -143,3 +143,86 @@ def test_cli_exit_codes_and_json(triton_server, mixed_images, tmp_path):
     proc = _cli("classify", str(good), "--url", triton_server.grpc_url, "--model", "no_such_model")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_light_client_install_classifies_without_the_pipeline(triton_server, mixed_images, tmp_path):
+    """`pip install fmdetect` (the base install: the wheel built from this checkout, its dependencies from the
+    registry) into an empty venv pulls no torch, onnx or scipy, stays under 200 MB, and its `fmdetect-client`
+    scores images over gRPC exactly as the server does, run away from the checkout."""
+    import time
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO_ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("fmdetect-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    started = time.monotonic()
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    install_s = time.monotonic() - started
+    assert install.returncode == 0, install.stderr
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert not installed & {"torch", "onnx", "onnxruntime", "scipy", "nvidia_pytriton", "pillow"}, installed
+    assert {"fmdetect", "numpy", "tritonclient", "grpcio"} <= installed, installed
+    size_mb = sum(p.stat().st_size for p in site.rglob("*") if p.is_file()) / 1e6
+    print(f"light client install: {install_s:.1f} s, {size_mb:.0f} MB of site-packages, {sorted(installed)}")
+    assert size_mb <= 200, f"{size_mb:.0f} MB of site-packages"
+    # Nothing but the installed names: the top level holds fmdetect, not core/ client/ training/ ...
+    assert not {"core", "client", "training", "export"} & {p.name for p in site.iterdir()}
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("rgb.png", "large.jpg"):
+        (images / name).write_bytes(mixed_images[name])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(venv / "bin" / "fmdetect-client"), "classify", str(images), "--url", triton_server.grpc_url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {Path(r["path"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(records) == {"rgb.png", "large.jpg"}
+    for name, record in records.items():
+        assert record["prob_fake"] == pytest.approx(_expected(triton_server.grpc_url, mixed_images[name]), abs=1e-6)
+
+
+def test_readme_examples_run_against_the_server(triton_server, mixed_images, tmp_path, capsys):
+    """The README's two examples (the library, plain tritonclient), run as written with only the server's address
+    and the image list filled in: both print a score for every image, and the same scores."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Calling it from your service") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    paths = []
+    for name in ("rgb.png", "large.jpg", "gray.png"):
+        (tmp_path / name).write_bytes(mixed_images[name])
+        paths.append(str(tmp_path / name))
+    expected = [_expected(triton_server.grpc_url, mixed_images[Path(p).name]) for p in paths]
+    library, plain = (block.replace("127.0.0.1:8001", triton_server.grpc_url) for block in blocks)
+
+    exec(compile(library, "README library example", "exec"), {"IMAGE_PATHS": paths})
+    lines = capsys.readouterr().out.splitlines()
+    assert [float(line.split()[1]) for line in lines] == pytest.approx(expected, abs=1e-3)
+
+    exec(compile(plain, "README tritonclient example", "exec"), {"IMAGE_PATHS": paths})
+    printed = capsys.readouterr().out
+    probabilities = [float(x) for x in re.findall(r"\d\.\d*(?:e[-+]?\d+)?", printed.split("]")[0])]
+    assert probabilities == pytest.approx(expected, abs=1e-5)

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-import client
-from client import cli
-from client.detector_client import (
+from fmdetect.client import cli, detector_client
+from fmdetect.client.detector_client import (
     AsyncDetectorClient,
     ClientConfig,
     DetectorClient,
@@ -36,7 +35,7 @@ from client.detector_client import (
     readiness_wait,
     retry_decision,
 )
-from triton_repo.server import free_port
+from fmdetect.triton_repo.server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake_detector"
@@ -313,7 +312,7 @@ def test_tls_options_reach_the_grpc_client(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(client.detector_client.grpcclient, "InferenceServerClient", RecordingClient)
+    monkeypatch.setattr(detector_client.grpcclient, "InferenceServerClient", RecordingClient)
     config = ClientConfig(url="example.org:443", ssl=True, **{name: str(path) for name, path in pems.items()})
     with DetectorClient(config):
         pass
@@ -436,6 +435,6 @@ def test_cli_exits_2_when_server_unreachable(tmp_path):
 
 def test_importing_client_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    code = 'import client, client.cli, sys; assert "torch" not in sys.modules, "torch was imported"'
+    code = 'import fmdetect.client, fmdetect.client.cli, sys; assert "torch" not in sys.modules, "torch was imported"'
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.loadgen import WindowPolicy
-from benchmarks.spread import format_scaling, replica_counts, scaling, spread
-from client.detector_client import ClientConfig, DetectorClient, DetectorClientError, Prediction
-from deploy.cluster import (
+from fmdetect.benchmarks.loadgen import WindowPolicy
+from fmdetect.benchmarks.spread import format_scaling, replica_counts, scaling, spread
+from fmdetect.client.detector_client import ClientConfig, DetectorClient, DetectorClientError, Prediction
+from fmdetect.deploy.cluster import (
     ADDRESS_BLOCK,
     Cluster,
     ClusterConfig,
@@ -35,9 +35,9 @@ from deploy.cluster import (
     cleanup_stale,
     find_nginx,
 )
+from fmdetect.triton_repo.server import free_port
 from tests.conftest import encode, photo_like, skip_for_missing_tool
 from tests.figures import record
-from triton_repo.server import free_port
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +285,7 @@ def test_failover_kill_one_replica_under_load(cluster: Cluster):
     killed_at: list[float] = []
 
     retries = _RetryLog()
-    client_logger = logging.getLogger("client.detector_client")
+    client_logger = logging.getLogger("fmdetect.client.detector_client")
     level = client_logger.level
     client_logger.setLevel(logging.INFO)
     client_logger.addHandler(retries)

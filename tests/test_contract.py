@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.fft import apply_fft_stage, band_region, inference_masks, masked_count
-from core.metadata import DetectorMetadata, FFTStageConfig
-from core.preprocess import (
+from fmdetect.core.fft import apply_fft_stage, band_region, inference_masks, masked_count
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
+from fmdetect.core.preprocess import (
     DecodeLimits,
     ImageDecodeError,
     center_crop_or_pad,
@@ -21,8 +21,8 @@ from core.preprocess import (
     normalize,
     preprocess_image,
 )
+from fmdetect.training.fft_stage import FFTImpl, FFTStage, MatmulDFT, masked_fft_torch
 from tests.conftest import encode, photo_like
-from training.fft_stage import FFTImpl, FFTStage, MatmulDFT, masked_fft_torch
 
 TOL = 1e-4
 
@@ -171,7 +171,7 @@ def _cupy_stage(masks: np.ndarray | None):
             pytest.skip("no CUDA GPU on this machine")
     except cupy.cuda.runtime.CUDARuntimeError:
         pytest.skip("no CUDA GPU on this machine")
-    from core.fft_cupy import CupyFFTStage
+    from fmdetect.core.fft_cupy import CupyFFTStage
 
     stage = CupyFFTStage(masks)
     return lambda x: cupy.asnumpy(stage(cupy.asarray(x)))
@@ -235,8 +235,8 @@ def test_matmul_stage_is_fp16_safe():
 
 def test_the_clients_wire_names_are_the_contracts():
     """The stand-alone client keeps its own copy of the wire names; it must be ``core.names``'."""
-    from client import detector_client
-    from core import names
+    from fmdetect.client import detector_client
+    from fmdetect.core import names
 
     assert detector_client.MODEL_NAME == names.ENSEMBLE
     assert detector_client.INPUT_NAME == names.IMAGE_BYTES
@@ -252,7 +252,7 @@ def test_no_project_module_outside_core_spells_a_tensor_name():
     """Tensor names are spelled by ``core.names`` (and the client's one copy), nowhere else in the packages."""
     import ast
 
-    from core import names
+    from fmdetect.core import names
 
     root = Path(__file__).resolve().parents[1]
     tensors = {names.IMAGE_BYTES, names.IMAGE, names.MASKED, *names.OUTPUTS}
@@ -268,8 +268,8 @@ def test_no_project_module_outside_core_spells_a_tensor_name():
 def test_image_suffixes_follow_the_accepted_formats():
     """Folder walkers (training data, perf.py's payloads, the client's CLI) pick up the formats preprocessing
     accepts, no more and no fewer."""
-    from client import cli
-    from core.preprocess import DEFAULT_FORMATS, FORMAT_SUFFIXES, IMAGE_SUFFIXES
+    from fmdetect.client import cli
+    from fmdetect.core.preprocess import DEFAULT_FORMATS, FORMAT_SUFFIXES, IMAGE_SUFFIXES
 
     assert set(FORMAT_SUFFIXES) == set(DEFAULT_FORMATS)
     assert set(cli.IMAGE_EXTENSIONS) == set(IMAGE_SUFFIXES)
@@ -280,7 +280,7 @@ def test_image_suffixes_follow_the_accepted_formats():
 
 # ---------------------------------------------------------------- coverage (multi-window)
 def test_coverage_counts_and_rule_are_validated() -> None:
-    from core.metadata import Coverage
+    from fmdetect.core.metadata import Coverage
 
     for crops in (1, 4, 5, 9, 10, 16, 17):
         assert Coverage(crops=crops, top_k=crops).channels == 3 * crops
@@ -303,7 +303,7 @@ def test_coverage_counts_and_rule_are_validated() -> None:
 def test_crop_windows_spread_from_edge_to_edge(shape: tuple[int, int], crops: int) -> None:
     """Windows are the input size, spread evenly from corner to corner (the centre for one), padded as the centre
     crop where the image is smaller; one window is exactly ``center_crop_or_pad``."""
-    from core.preprocess import crop_boxes, crop_windows, stack_windows
+    from fmdetect.core.preprocess import crop_boxes, crop_windows, stack_windows
 
     img = photo_like(*shape, seed=crops)
     size = (128, 128)
@@ -333,8 +333,8 @@ def test_crop_windows_spread_from_edge_to_edge(shape: tuple[int, int], crops: in
 @pytest.mark.parametrize("crops,top_k", [(5, 1), (9, 3), (4, 4)])
 def test_detector_aggregates_windows_as_the_rule_says(crops: int, top_k: int) -> None:
     """A multi-window detector's logit is the mean of the top-k logits its single-window self gives each window."""
-    from core.metadata import Coverage
-    from training.model import Detector
+    from fmdetect.core.metadata import Coverage
+    from fmdetect.training.model import Detector
 
     torch.manual_seed(0)
     meta = DetectorMetadata(backbone="efficientnet_lite0", input_size=(32, 32), coverage=Coverage(crops, top_k))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.preprocess import center_crop_or_pad
+from fmdetect.core.preprocess import center_crop_or_pad
+from fmdetect.training.benchmark.families import FAMILIES, TRAIN_FAMILY
+from fmdetect.training.checkpoint import load_detector
 from tests.conftest import photo_like
-from training.benchmark.families import FAMILIES, TRAIN_FAMILY
-from training.checkpoint import load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "detectors" / "default"

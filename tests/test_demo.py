@@ -16,9 +16,9 @@ import re
 import pytest
 
 import demo
-from core.metadata import DetectorMetadata
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from tests.figures import record
-from training.benchmark import BuildConfig, Profile, build_dataset
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from core.fft import apply_fft_stage, inference_masks
-from core.metadata import DetectorMetadata, FFTStageConfig, Threshold
-from training import metrics as M
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
-from training.checkpoint import load_detector, save_checkpoint
-from training.evaluate import (
+from fmdetect.core.fft import apply_fft_stage, inference_masks
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig, Threshold
+from fmdetect.training import metrics as M
+from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
+from fmdetect.training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
+from fmdetect.training.checkpoint import load_detector, save_checkpoint
+from fmdetect.training.evaluate import (
     METRICS_JSON,
     METRICS_MD,
     PR_PNG,
@@ -34,7 +34,7 @@ from training.evaluate import (
     main,
     predict,
 )
-from training.model import Detector
+from fmdetect.training.model import Detector
 
 SIZE = (64, 64)
 GENERATOR_KEYS = {"ap", "acc", "acc_calibrated", "real_acc", "fake_acc", "auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "n"}
@@ -214,7 +214,7 @@ def test_scores_match_torchvision_reference_pipeline(tmp_path: Path, masks: int)
         assert row["generator"] == row["path"].split("/testing/")[1].split("/")[0]
         assert row["label"] == str(int("/1_fake/" in row["path"]))
     # The logits themselves, through the evaluation's dataset and loader.
-    from training.data import RealFakeDataset
+    from fmdetect.training.data import RealFakeDataset
 
     pred = predict(model, RealFakeDataset(tmp_path / "data", "testing", SIZE), 4, torch.device("cpu"))
     ref = np.array([expected[p] for p in pred.paths])
@@ -339,8 +339,8 @@ def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -
     validation reals when scored with those K masks."""
     from torch.utils.data import Subset
 
-    from training.calibrate import main as calibrate_main
-    from training.data import RealFakeDataset
+    from fmdetect.training.calibrate import main as calibrate_main
+    from fmdetect.training.data import RealFakeDataset
 
     source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
     out = tmp_path / "k2"
@@ -384,7 +384,7 @@ def test_recalibrate_with_test_time_masks(small_dataset: Path, tmp_path: Path) -
 def test_coverage_sweep_and_recalibration_with_windows(small_dataset: Path, tmp_path: Path) -> None:
     """``--crops`` evaluates the same weights on C windows per image; ``training.calibrate --crops`` ships them with
     the coverage in the metadata, honoured by evaluation, and rejects a count no grid has."""
-    from training.calibrate import main as calibrate_main
+    from fmdetect.training.calibrate import main as calibrate_main
 
     source = make_checkpoint(tmp_path / "src", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
     out = tmp_path / "eval"
@@ -466,8 +466,8 @@ def test_coverage_command_sweeps_every_arrangement_and_chooses_on_validation(
 ) -> None:
     """``training.coverage``: 1/5/9 windows on every validation and testing arrangement of the mosaics, a choice made
     on validation rows only by the fixed rule, and its report files; a second run reuses the evaluations."""
-    from training import coverage
-    from training.benchmark.mosaics import ARRANGEMENTS, MosaicConfig, build_mosaics
+    from fmdetect.training import coverage
+    from fmdetect.training.benchmark.mosaics import ARRANGEMENTS, MosaicConfig, build_mosaics
 
     mosaics = build_mosaics(MosaicConfig(small_dataset, tmp_path / "mosaics", per_class=2, validation_per_class=4))
     checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=Threshold(0.45, "fpr_on_validation_real", 0.05))
@@ -487,7 +487,7 @@ def test_coverage_command_sweeps_every_arrangement_and_chooses_on_validation(
 
 
 def test_coverage_rule_takes_the_fewest_windows_within_the_tolerance() -> None:
-    from training.coverage import choose
+    from fmdetect.training.coverage import choose
 
     def rows(aps: dict[int, tuple[float, float]]) -> list[dict]:
         return [

@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from core.metadata import DetectorMetadata
-from export.__main__ import main as export_main
-from export.onnx_export import parity_images, read_onnx_metadata
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.export.__main__ import main as export_main
+from fmdetect.export.onnx_export import parity_images, read_onnx_metadata
 
 
 @pytest.mark.parametrize("fft_impl", ["matmul", "dft"])
@@ -72,10 +72,10 @@ def test_resnet50_at_224_exports_with_parity(tmp_path):
     fp32 at batch 1 / 3 / 8 (untrained weights: parity is a property of the graph, not of the training)."""
     import torch
 
-    from core.metadata import FFTStageConfig
+    from fmdetect.core.metadata import FFTStageConfig
+    from fmdetect.training.checkpoint import save_checkpoint
+    from fmdetect.training.model import Detector
     from tests.figures import record
-    from training.checkpoint import save_checkpoint
-    from training.model import Detector
 
     torch.manual_seed(0)
     metadata = DetectorMetadata(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check
+from fmdetect.benchmarks import gpu_check
 
 torch = pytest.importorskip("torch")
 

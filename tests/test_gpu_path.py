@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.metadata import DetectorMetadata, FFTStageConfig
-from export.__main__ import main as export_main
-from export.onnx_export import (
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
+from fmdetect.export.__main__ import main as export_main
+from fmdetect.export.onnx_export import (
     MASKED_INPUT_NAME,
     PARITY_TOLERANCE,
     ExportConfig,
@@ -34,8 +34,7 @@ from export.onnx_export import (
     masked_views,
     parity_images,
 )
-from tests.conftest import encode, photo_like
-from triton_repo.layout import (
+from fmdetect.triton_repo.layout import (
     CONFIGS,
     ENSEMBLE,
     MODELS,
@@ -46,6 +45,7 @@ from triton_repo.layout import (
     render_config,
     write_repository,
 )
+from tests.conftest import encode, photo_like
 
 GPU_TARGETS = [t for t in Target if t is not Target.CPU]
 FFT_MODEL = PYTHON_MODELS / "fft_cupy.py"
@@ -104,7 +104,7 @@ def test_fp16_graph_is_strongly_typed_with_fp32_io(fp16_graphs, fft):
 
 @pytest.mark.parametrize("fft", [f.value for f in OnnxFFT])
 def test_fp16_graph_runs_on_onnxruntime_cpu_with_dynamic_batch(fp16_graphs, checkpoint, fft):
-    from export.fp16_numerics import ort_execution
+    from fmdetect.export.fp16_numerics import ort_execution
 
     path, _ = fp16_graphs[fft]
     metadata = DetectorMetadata.load(checkpoint)
@@ -201,7 +201,7 @@ def png_testing_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fp16_numerics_report(checkpoint, png_testing_split, tmp_path, capsys):
-    from export.fp16_numerics import main as numerics_main
+    from fmdetect.export.fp16_numerics import main as numerics_main
 
     out = tmp_path / "fp16.json"
     assert (
@@ -242,7 +242,7 @@ def test_fp16_numerics_report(checkpoint, png_testing_split, tmp_path, capsys):
 
 
 def test_fp16_numerics_rejects_external(checkpoint, png_testing_split):
-    from export.fp16_numerics import NumericsConfig
+    from fmdetect.export.fp16_numerics import NumericsConfig
 
     with pytest.raises(ValueError, match="matmul and/or dft"):
         NumericsConfig(checkpoint=checkpoint, data=png_testing_split, fft_impls=(OnnxFFT.EXTERNAL,))
@@ -382,9 +382,9 @@ def test_fft_stage_math_with_cupy_matches_numpy_reference(monkeypatch, masks, ou
 def test_fft_stage_model_batches_and_rejects_bad_requests(monkeypatch, tmp_path):
     """The model's request handling on the CPU, numpy standing in for CuPy: one batch for the good requests
     (one arriving 'on the GPU', read through DLPack), INVALID_ARG for the bad ones, outputs through from_dlpack."""
-    import core.fft_cupy
+    import fmdetect.core.fft_cupy
 
-    monkeypatch.setattr(core.fft_cupy, "_cupy", _numpy_as_cupy)
+    monkeypatch.setattr(fmdetect.core.fft_cupy, "_cupy", _numpy_as_cupy)
     module = _import_model(monkeypatch)
     model = module.TritonPythonModel()
     model.initialize(_model_args(tmp_path, METADATA_K2))

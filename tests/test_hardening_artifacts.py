@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fmdetect.triton_repo.server import RestrictedAPI, ServerConfig, ServerError, TritonServer
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import infer, prob, repository_copy, write_sha256
-from triton_repo.server import RestrictedAPI, ServerConfig, ServerError, TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_PROJECT = {".venv", "artifacts", ".git", "build", "fmdetect.egg-info"}
@@ -212,7 +212,7 @@ def test_checksums_and_rollout_without_failed_requests(cpu_repository: Path, tmp
         write_sha256(v2_dir / "model.onnx")
         records: list[tuple[float, float, object]] = []
         stop = threading.Event()
-        from client import ClientConfig, DetectorClient, DetectorClientError
+        from fmdetect.client import ClientConfig, DetectorClient, DetectorClientError
 
         def load() -> None:
             with DetectorClient(ClientConfig(url=server.grpc_url, retries=5, backoff_base_s=0.05)) as client:
@@ -225,7 +225,7 @@ def test_checksums_and_rollout_without_failed_requests(cpu_repository: Path, tmp
                     records.append((begin, time.monotonic(), outcome))
 
         threads = [threading.Thread(target=load) for _ in range(4)]
-        with caplog.at_level(logging.INFO, logger="client.detector_client"):
+        with caplog.at_level(logging.INFO, logger="fmdetect.client.detector_client"):
             for thread in threads:
                 thread.start()
             try:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fmdetect.triton_repo.server import GrpcTLS, ServerConfig, TritonServer, get_args_parser
 from tests.conftest import encode, find_tool, photo_like, skip_for_missing_tool
-from triton_repo.server import GrpcTLS, ServerConfig, TritonServer, get_args_parser
 
 PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
 
@@ -143,7 +143,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _classify(url: str, **tls: object):
     """Classify one image with the project's client; returns the Prediction or the DetectorClientError."""
-    from client import ClientConfig, DetectorClient, DetectorClientError
+    from fmdetect.client import ClientConfig, DetectorClient, DetectorClientError
 
     config = ClientConfig(url=url, retries=0, timeout_s=10, **tls)
     with DetectorClient(config) as client:
@@ -155,7 +155,7 @@ def _classify(url: str, **tls: object):
 
 @pytest.mark.triton
 def test_grpc_tls(cpu_repository: Path, certificates: Path):
-    from client import Prediction, ServerUnavailableError
+    from fmdetect.client import Prediction, ServerUnavailableError
 
     tls = GrpcTLS(server_cert=certificates / "server.pem", server_key=certificates / "server.key")
     with TritonServer(ServerConfig(model_repository=cpu_repository, grpc_tls=tls)) as server:
@@ -172,7 +172,7 @@ def test_grpc_tls(cpu_repository: Path, certificates: Path):
 
 @pytest.mark.triton
 def test_grpc_mutual_tls(cpu_repository: Path, certificates: Path):
-    from client import Prediction, ServerUnavailableError
+    from fmdetect.client import Prediction, ServerUnavailableError
 
     tls = GrpcTLS(certificates / "server.pem", certificates / "server.key", certificates / "ca.pem", mutual=True)
     ca = str(certificates / "ca.pem")
@@ -284,7 +284,7 @@ def test_admin_apis_are_closed_to_callers_without_the_key(triton_server):
 
 
 def test_launcher_restricts_by_default_and_opens_only_when_told(tmp_path: Path, monkeypatch):
-    from triton_repo.server import RestrictedAPI
+    from fmdetect.triton_repo.server import RestrictedAPI
 
     monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
     first, second = (ServerConfig(model_repository=tmp_path).restricted_api for _ in range(2))

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import pytest
 
+from fmdetect.triton_repo.server import InferenceProbe, ServerConfig, TritonServer
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import repository_copy
-from triton_repo.server import InferenceProbe, ServerConfig, TritonServer
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ class Load:
     """``THREADS`` threads classifying in a loop; ``records`` holds (start, end, "ok" or the error) per request."""
 
     def __init__(self, url: str) -> None:
-        from client import ClientConfig
+        from fmdetect.client import ClientConfig
 
         self.config = ClientConfig(url=url, retries=20, backoff_base_s=0.05, backoff_max_s=1.0, timeout_s=20)
         self.records: list[tuple[float, float, str]] = []
@@ -78,7 +78,7 @@ class Load:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(THREADS)]
 
     def _run(self) -> None:
-        from client import DetectorClient, DetectorClientError
+        from fmdetect.client import DetectorClient, DetectorClientError
 
         with DetectorClient(self.config) as client:
             while not self._stop.is_set():

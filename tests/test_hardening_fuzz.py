@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.preprocess import DecodeLimits, ImageDecodeError, preprocess_image
+from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, preprocess_image
+from fmdetect.triton_repo.server import ServerConfig, TritonServer
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import animation, infer, posterised, prob, repository_copy
-from triton_repo.server import ServerConfig, TritonServer
 
 INPUT_SIZE = (32, 32)
 # A mutated header can claim any size; a lower pixel limit keeps each example's allocation small and fast.

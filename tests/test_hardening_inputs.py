@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.preprocess import DecodeLimits, ImageDecodeError, decode_image
+from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, decode_image
+from fmdetect.triton_repo.server import ServerConfig, ServerError, TritonServer
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import (
@@ -25,7 +26,6 @@ from tests.test_hardening_support import (
     prob,
     repository_copy,
 )
-from triton_repo.server import ServerConfig, ServerError, TritonServer
 
 LIMITS = {"max_bytes": "150000", "max_pixels": "250000", "formats": "JPEG,PNG,GIF,WEBP,TIFF"}
 ANIMATED = ("GIF", "WEBP", "PNG", "TIFF")

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.metadata import DetectorMetadata
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.triton_repo.layout import render_config
+from fmdetect.triton_repo.server import ServerConfig, TritonServer
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import closed_loop, open_loop, repository_copy
-from triton_repo.layout import render_config
-from triton_repo.server import ServerConfig, TritonServer
 
 REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 MEMORY_GROWTH_BOUND = 0.15
@@ -101,14 +101,14 @@ def test_twice_the_saturation_rate(cpu_repository: Path, tmp_path: Path, caplog)
             metrics = response.read().decode()
 
         # The client library under the same overload: UNAVAILABLE is retried (backoff + jitter), nothing else.
-        from client import AsyncDetectorClient, ClientConfig, Prediction, ServerUnavailableError
+        from fmdetect.client import AsyncDetectorClient, ClientConfig, Prediction, ServerUnavailableError
 
         async def with_client():
             config = ClientConfig(url=url, retries=2, backoff_base_s=0.05, backoff_max_s=0.5, max_in_flight=512)
             async with AsyncDetectorClient(config) as client:
                 return await client.classify_many([payload] * int(rate * 2))
 
-        with caplog.at_level(logging.INFO, logger="client.detector_client"):
+        with caplog.at_level(logging.INFO, logger="fmdetect.client.detector_client"):
             client_results = asyncio.run(with_client())
 
     answers = run["answers"]

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.metadata import WEIGHTS_FILE, DetectorMetadata
-from training.checkpoint import load_detector
-from training.import_checkpoint import (
+from fmdetect.core.metadata import WEIGHTS_FILE, DetectorMetadata
+from fmdetect.training.checkpoint import load_detector
+from fmdetect.training.import_checkpoint import (
     CALIBRATED_METHOD,
     IMPORTED_METHOD,
     CheckpointImportError,

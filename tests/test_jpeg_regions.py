@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.preprocess as preprocess
-from core.jpeg import LIBRARY_DIR, RegionReader, region_reader
-from core.preprocess import DecodeLimits, ImageDecodeError, center_crop_or_pad, decode_center_crop, decode_image
+import fmdetect.core.preprocess as preprocess
+from fmdetect.core.jpeg import LIBRARY_DIR, RegionReader, region_reader
+from fmdetect.core.preprocess import (
+    DecodeLimits,
+    ImageDecodeError,
+    center_crop_or_pad,
+    decode_center_crop,
+    decode_image,
+)
 from tests.conftest import photo_like
 from tests.test_hardening_support import jpeg_claiming
 

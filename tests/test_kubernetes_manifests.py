@@ -15,7 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate (test extra)")
 pytest.importorskip("kubernetes_validate", reason="install the test extra: pip install -e '.[test]'")
 
-from deploy.manifests import EXTRAS, K8S_VERSIONS, OVERLAYS, ROOT, load_yaml, overlay, render, validate  # noqa: E402
+from fmdetect.deploy.manifests import EXTRAS, K8S_VERSIONS, OVERLAYS, ROOT, load_yaml, overlay, render, validate  # noqa: E402
 from tests.conftest import find_tool, skip_for_missing_tool  # noqa: E402
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -107,7 +107,7 @@ def test_deployment_serves_triton_with_health_probes(name: str):
     assert {"/models", "/dev/shm"} <= {m["mountPath"] for m in triton["volumeMounts"]}
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     # The administrative APIs answer only the admin key (the launcher's default set), taken from a Secret.
-    from triton_repo.server import RestrictedAPI
+    from fmdetect.triton_repo.server import RestrictedAPI
 
     spec = f"{','.join(RestrictedAPI.DEFAULT_APIS)}:{RestrictedAPI.DEFAULT_HEADER}=$(TRITON_ADMIN_KEY)"
     assert f"--http-restricted-api={spec}" in triton["args"] and f"--grpc-restricted-protocol={spec}" in triton["args"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.fft import band_region, masked_count
-from core.metadata import Band
-from training.masking import (
+from fmdetect.core.fft import band_region, masked_count
+from fmdetect.core.metadata import Band
+from fmdetect.training.masking import (
     BandLayout,
     MaskDomain,
     MaskKind,
@@ -25,7 +25,7 @@ from training.masking import (
     patch_grid_size,
     random_affine,
 )
-from training.spectral import (
+from fmdetect.training.spectral import (
     dct2,
     dct_band_region,
     dct_matrix,
@@ -227,7 +227,7 @@ def test_probability_leaves_unselected_samples_exactly_unchanged() -> None:
 
 
 def test_sample_then_apply_uses_the_same_masks_for_every_kind() -> None:
-    from training.masking import apply_masks
+    from fmdetect.training.masking import apply_masks
 
     x = torch.randn(2, 3, 16, 16, generator=gen(10))
     for kind in (MaskKind.FREQUENCY, MaskKind.DCT, MaskKind.WAVELET, MaskKind.PIXEL, MaskKind.PATCH):
@@ -309,7 +309,7 @@ def test_legacy_pixel_wrap_reproduces_the_authors_uint8_cast() -> None:
 
 
 def test_wrap_and_clip_semantics() -> None:
-    from training.masking import to_pixels
+    from fmdetect.training.masking import to_pixels
 
     x = torch.tensor([-0.5, -1.5, -200.7, 255.9, 256.2, 300.0, 12.4])
     assert to_pixels(x, "pixels-wrap").tolist() == [0, 255, 56, 255, 0, 44, 12]

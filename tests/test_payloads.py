@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.payloads import PHOTO_BANDS, PayloadProfile, describe, from_directory, generate
-from core.preprocess import decode_image
+from fmdetect.benchmarks.payloads import PHOTO_BANDS, PayloadProfile, describe, from_directory, generate
+from fmdetect.core.preprocess import decode_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from serving import procfs
+from fmdetect.serving import procfs
 
 
 def test_facts_of_a_live_tree_then_of_a_zombie() -> None:

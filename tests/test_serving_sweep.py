@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from benchmarks.serving_sweep import VARIANTS, Variant, apply, median_row
+from fmdetect.benchmarks.serving_sweep import VARIANTS, Variant, apply, median_row
 
 
 def _config(path: Path) -> model_config_pb2.ModelConfig:

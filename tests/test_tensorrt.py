@@ -7,6 +7,7 @@ import enum
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.checksum import sha256_file
-from export.onnx_export import OUTPUT_NAMES, ExportConfig, OnnxFFT, Precision, export_onnx, parity_images
-from export.tensorrt_engine import (
+from fmdetect.core.checksum import sha256_file
+from fmdetect.export.onnx_export import OUTPUT_NAMES, ExportConfig, OnnxFFT, Precision, export_onnx, parity_images
+from fmdetect.export.tensorrt_engine import (
     EngineBuildError,
     EngineConfig,
     EngineMismatchError,
@@ -26,8 +27,8 @@ from export.tensorrt_engine import (
     check_engine_compatible,
     engine_metadata_path,
 )
-from export.trt_ops import available_lists, check_onnx, read_op_list, resolve_list
-from export.trt_ops import main as trt_ops_main
+from fmdetect.export.trt_ops import available_lists, check_onnx, read_op_list, resolve_list
+from fmdetect.export.trt_ops import main as trt_ops_main
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
@@ -167,7 +168,7 @@ def test_unknown_version_exits_2_listing_versions(graphs, version, capsys):
 def test_engine_cli_without_tensorrt_is_one_line(graphs, tmp_path):
     plan = tmp_path / "model.plan"
     proc = subprocess.run(
-        [sys.executable, "-m", "export", "engine", "--onnx", str(graphs["matmul"]), "--out", str(plan)],
+        [sys.executable, "-m", "fmdetect.export", "engine", "--onnx", str(graphs["matmul"]), "--out", str(plan)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -179,6 +180,34 @@ def test_engine_cli_without_tensorrt_is_one_line(graphs, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "TensorRT is not installed" in lines[0] and "GPU" in lines[0]
     assert not plan.exists() and not engine_metadata_path(plan).exists()
+
+
+@pytest.mark.skipif(TRT_INSTALLED, reason="TensorRT is installed here")
+def test_engine_builder_starts_without_torch(graphs, tmp_path):
+    """The builder runs in a TensorRT container that has onnx but no torch: with torch unimportable it gets as far
+    as asking for TensorRT."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
+    plan = tmp_path / "model.plan"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmdetect.export.tensorrt_engine", "--onnx", str(graphs["matmul"]), "--out", str(plan)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
+    )
+    assert proc.returncode != 0
+    assert "torch is blocked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "TensorRT is not installed" in proc.stderr
 
 
 # --- engine metadata compatibility -------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.metadata import DetectorMetadata
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.checkpoint import load_detector
-from training.train import (
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
+from fmdetect.training.checkpoint import load_detector
+from fmdetect.training.train import (
     BEST_FILE,
     CHECKPOINT_DIR,
     LAST_FILE,
@@ -115,7 +115,7 @@ def test_resume_equals_uninterrupted_training(
     assert state["epoch"] == 1 and state["step"] == 2 and state["config"]["epochs"] == 1
     first_line = (tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()[0]
     # The second leg through the command line: --resume takes the saved configuration, --epochs overrides it.
-    with caplog.at_level("INFO", logger="training.train"):
+    with caplog.at_level("INFO", logger="fmdetect.training.train"):
         assert main(["--resume", str(tmp_path / "resumed"), "--epochs", "2"]) == 0
     assert "resuming" in caplog.text and "after epoch 1" in caplog.text
     assert (tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()[0] == first_line  # epoch 1 not rerun
@@ -187,7 +187,7 @@ def test_ddp_two_processes_on_cpu_write_a_loadable_checkpoint(small_dataset: Pat
         "--nproc-per-node",
         "2",
         "-m",
-        "training.train",
+        "fmdetect.training.train",
         "--data",
         str(small_dataset),
         "--out",

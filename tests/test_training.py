@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from core.fft import band_region, masked_count
-from core.metadata import Band, DetectorMetadata
-from core.preprocess import center_crop_or_pad, decode_image
-from training.benchmark import BuildConfig, Profile, build_dataset
-from training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
-from training.calibration import false_positive_rate, threshold_at_fpr
-from training.checkpoint import load_detector
-from training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
-from training.masking import MaskKind, MaskSpec, frequency_masks
-from training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
+from fmdetect.core.fft import band_region, masked_count
+from fmdetect.core.metadata import Band, DetectorMetadata
+from fmdetect.core.preprocess import center_crop_or_pad, decode_image
+from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
+from fmdetect.training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
+from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
+from fmdetect.training.checkpoint import load_detector
+from fmdetect.training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
+from fmdetect.training.masking import MaskKind, MaskSpec, frequency_masks
+from fmdetect.training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
 
 # Measured on 2 CPU cores, dataset seed 0, training seeds 0/1/2, 12 epochs: val acc 0.95 / 0.92 / 0.94 and
 # val AP 0.997 / 0.979 / 0.986 (chance: 0.5). The bounds leave a wide margin and stay far above chance.
@@ -75,7 +75,7 @@ def test_mask_spec_kinds_and_probability() -> None:
 
 
 def test_all_ones_training_mask_is_identity() -> None:
-    from training.model import Detector
+    from fmdetect.training.model import Detector
 
     torch.manual_seed(0)
     model = Detector(DetectorMetadata(backbone="efficientnet_lite0", input_size=(32, 32))).eval()
@@ -164,7 +164,7 @@ def test_layout_errors_say_what_was_expected_and_what_was_found(tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="rename real/ to 0_real/"):
         scan_samples(tmp_path)
     # The training command: a clear error, exit status 2, and no run folder left behind as if it had started.
-    from training.train import main as train_main
+    from fmdetect.training.train import main as train_main
 
     run = tmp_path / "runs" / "mine"
     assert train_main(["--data", str(tmp_path), "--out", str(run), "--backbone", "efficientnet_lite0"]) == 2
@@ -179,7 +179,7 @@ def test_layout_errors_say_what_was_expected_and_what_was_found(tmp_path: Path) 
 
 def test_training_help_shows_every_default() -> None:
     """Every default in --help, and the defaults are the default detector's recipe (its training_config.json)."""
-    from training.train import get_args_parser
+    from fmdetect.training.train import get_args_parser
 
     recipe = json.loads((Path(__file__).resolve().parents[1] / "detectors/default/training_config.json").read_text())
     defaults = TrainConfig(data=Path("d"), out=Path("o")).to_dict()
@@ -221,7 +221,7 @@ def test_training_transforms_pad_crop_blur_jpeg() -> None:
     assert (out == 0).any() and (out == 200).any()
     big = np.arange(50 * 60 * 3, dtype=np.uint8).reshape(50, 60, 3)
     assert random_crop_or_pad(big, (32, 32), rng).shape == (32, 32, 3)
-    from training.data import augment_image
+    from fmdetect.training.data import augment_image
 
     img = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     always = Augment(blur_prob=1.0, jpeg_prob=1.0)
@@ -287,7 +287,7 @@ def test_readme_training_flags_match_the_parser() -> None:
     """Every flag of the README's `train` row exists, and takes a value exactly when the README shows one."""
     import re
 
-    from training.train import get_args_parser
+    from fmdetect.training.train import get_args_parser
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (row,) = [line for line in readme.splitlines() if line.startswith("| train | ")]
@@ -325,12 +325,12 @@ def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(
     tritonserver over gRPC (raw tritonclient)."""
     import tritonclient.grpc as grpcclient
 
-    from core.metadata import Coverage
-    from core.names import ENSEMBLE, IMAGE_BYTES, IS_FAKE, PROB_FAKE
-    from core.preprocess import preprocess_image
-    from export.__main__ import main as export_main
-    from training.calibrate import recalibrate
-    from triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.core.metadata import Coverage
+    from fmdetect.core.names import ENSEMBLE, IMAGE_BYTES, IS_FAKE, PROB_FAKE
+    from fmdetect.core.preprocess import preprocess_image
+    from fmdetect.export.__main__ import main as export_main
+    from fmdetect.training.calibrate import recalibrate
+    from fmdetect.triton_repo.server import ServerConfig, TritonServer
 
     centre_only = load_detector(trained / CHECKPOINT_DIR)
     val = RealFakeDataset(small_dataset, "validation", image_size=64)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.metadata import DetectorMetadata
-from core.preprocess import preprocess_image
-from core.scoring import sigmoid
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.preprocess import preprocess_image
+from fmdetect.core.scoring import sigmoid
+from fmdetect.triton_repo.layout import Target, render_config
+from fmdetect.triton_repo.server import free_port
 from tests.conftest import encode, photo_like
 from tests.figures import record
-from triton_repo.layout import Target, render_config
-from triton_repo.server import free_port
 
 pytestmark = pytest.mark.triton
 
@@ -36,7 +36,7 @@ def _infer(url: str, payload: bytes):
 
 
 def _pytorch_probs(checkpoint: Path, images: dict[str, bytes]) -> dict[str, float]:
-    from training.checkpoint import load_detector
+    from fmdetect.training.checkpoint import load_detector
 
     model = load_detector(checkpoint)
     size = model.metadata.input_size
@@ -66,7 +66,7 @@ def test_triton_matches_pytorch_on_mixed_batch(triton_server, checkpoint, mixed_
 def test_served_preprocess_reads_jpeg_regions(triton_server, checkpoint):
     """The server's python backend finds libturbojpeg (set up by the project) and a photo-sized JPEG scores as the
     in-process full decode does."""
-    from core.preprocess import center_crop_or_pad, decode_image
+    from fmdetect.core.preprocess import center_crop_or_pad, decode_image
 
     ready = [
         line for line in triton_server.log_path.read_text(errors="replace").splitlines() if "preprocess ready" in line
@@ -74,7 +74,7 @@ def test_served_preprocess_reads_jpeg_regions(triton_server, checkpoint):
     assert ready and all("centre regions read with" in line for line in ready), ready
     photo = encode(photo_like(1536, 2048, seed=11), "JPEG", quality=85)
     prob = float(_infer(triton_server.grpc_url, photo).as_numpy("PROB_FAKE")[0, 0])
-    from training.checkpoint import load_detector
+    from fmdetect.training.checkpoint import load_detector
 
     model = load_detector(checkpoint)
     whole = center_crop_or_pad(decode_image(photo), model.metadata.input_size).transpose(2, 0, 1)
@@ -142,7 +142,7 @@ def test_serve_cli_stops_cleanly(cpu_repository):
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     before = set(glob.glob("/dev/shm/fmdetect_*"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "triton_repo.server", "--model-repository", str(cpu_repository)],
+        [sys.executable, "-m", "fmdetect.triton_repo.server", "--model-repository", str(cpu_repository)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

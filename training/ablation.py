@@ -95,7 +95,7 @@ def seen_families(data: Path) -> tuple[str, ...]:
 
 
 def _manifest(data: Path) -> dict:
-    from training.benchmark.build import DATASET_FILE
+    from fmdetect.training.benchmark.build import DATASET_FILE
 
     return json.loads((Path(data) / DATASET_FILE).read_text())
 
@@ -178,7 +178,7 @@ def train_and_evaluate(cfg: AblationConfig, masking: MaskingConfig, seed: int) -
         if not (run / "checkpoint" / "metadata.json").is_file():
             _run(
                 [
-                    "training.train",
+                    "fmdetect.training.train",
                     "--data",
                     str(cfg.data),
                     "--out",
@@ -192,7 +192,7 @@ def train_and_evaluate(cfg: AblationConfig, masking: MaskingConfig, seed: int) -
         masks = ",".join(map(str, cfg.test_time_masks)) if masking.name == REFERENCE else "0"
         _run(
             [
-                "training.evaluate",
+                "fmdetect.training.evaluate",
                 "--checkpoint",
                 str(run / "checkpoint"),
                 "--data",

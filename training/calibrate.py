@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from core.metadata import Coverage, Threshold
-from training.calibration import false_positive_rate, threshold_at_fpr
-from training.checkpoint import load_detector, save_checkpoint, with_coverage, with_masks
-from training.data import RealFakeDataset, resolve_split
-from training.evaluate import parse_coverage, predict
-from training.model import Detector
-from training.train import resolve_device
+from fmdetect.core.metadata import Coverage, Threshold
+from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
+from fmdetect.training.checkpoint import load_detector, save_checkpoint, with_coverage, with_masks
+from fmdetect.training.data import RealFakeDataset, resolve_split
+from fmdetect.training.evaluate import parse_coverage, predict
+from fmdetect.training.model import Detector
+from fmdetect.training.train import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from core.metadata import WEIGHTS_FILE, Coverage, DetectorMetadata
-from training.fft_stage import FFTImpl
-from training.model import Detector
+from fmdetect.core.metadata import WEIGHTS_FILE, Coverage, DetectorMetadata
+from fmdetect.training.fft_stage import FFTImpl
+from fmdetect.training.model import Detector
 
 logger = logging.getLogger(__name__)
 

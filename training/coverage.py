@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.benchmark.mosaics import ARRANGEMENTS
-from training.evaluate import CONFIG_JSON, METRICS_JSON, EvalConfig, evaluate
+from fmdetect.training.benchmark.mosaics import ARRANGEMENTS
+from fmdetect.training.evaluate import CONFIG_JSON, METRICS_JSON, EvalConfig, evaluate
 
 logger = logging.getLogger(__name__)
 

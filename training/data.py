@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, crop_windows, decode_image, stack_windows
+from fmdetect.core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, crop_windows, decode_image, stack_windows
 
 logger = logging.getLogger(__name__)
 

@@ -65,16 +65,16 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.metadata import Coverage, DetectorMetadata
-from core.preprocess import decode_image
-from core.scoring import sigmoid
-from training import metrics as M
-from training.benchmark.summary import benchmark_summary, load_manifest
-from training.benchmark.summary import markdown as benchmark_markdown
-from training.checkpoint import load_detector, with_coverage, with_masks
-from training.data import RealFakeDataset
-from training.model import Detector
-from training.train import resolve_device
+from fmdetect.core.metadata import Coverage, DetectorMetadata
+from fmdetect.core.preprocess import decode_image
+from fmdetect.core.scoring import sigmoid
+from fmdetect.training import metrics as M
+from fmdetect.training.benchmark.summary import benchmark_summary, load_manifest
+from fmdetect.training.benchmark.summary import markdown as benchmark_markdown
+from fmdetect.training.checkpoint import load_detector, with_coverage, with_masks
+from fmdetect.training.data import RealFakeDataset
+from fmdetect.training.model import Detector
+from fmdetect.training.train import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from core.fft import dft_matrices
+from fmdetect.core.fft import dft_matrices
 
 
 class FFTImpl(str, Enum):

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.metadata import DetectorMetadata, FFTStageConfig, Threshold
-from training.calibrate import calibrate
-from training.checkpoint import save_checkpoint
-from training.model import Backbone, Detector
-from training.train import resolve_device
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig, Threshold
+from fmdetect.training.calibrate import calibrate
+from fmdetect.training.checkpoint import save_checkpoint
+from fmdetect.training.model import Backbone, Detector
+from fmdetect.training.train import resolve_device
 
 logger = logging.getLogger(__name__)
 

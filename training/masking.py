@@ -55,10 +55,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.fft import masked_count
-from core.metadata import Band
-from training.fft_stage import masked_fft_torch
-from training.spectral import coefficient_region, dct2, haar2, idct2, ihaar2
+from fmdetect.core.fft import masked_count
+from fmdetect.core.metadata import Band
+from fmdetect.training.fft_stage import masked_fft_torch
+from fmdetect.training.spectral import coefficient_region, dct2, haar2, idct2, ihaar2
 
 logger = logging.getLogger(__name__)
 

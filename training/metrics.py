@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from core.scoring import decide
+from fmdetect.core.scoring import decide
 
 TPR_AT_FPR_TARGETS = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05}
 ECE_BINS = 15

@@ -14,9 +14,9 @@ from enum import Enum
 import torch
 from torch import nn
 
-from core.fft import inference_masks
-from core.metadata import DetectorMetadata
-from training.fft_stage import FFTImpl, FFTStage, masked_fft_torch
+from fmdetect.core.fft import inference_masks
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.training.fft_stage import FFTImpl, FFTStage, masked_fft_torch
 
 logger = logging.getLogger(__name__)
 

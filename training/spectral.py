@@ -38,8 +38,8 @@ import functools
 import numpy as np
 import torch
 
-from core.fft import BAND_EDGES, band_region
-from core.metadata import Band
+from fmdetect.core.fft import BAND_EDGES, band_region
+from fmdetect.core.metadata import Band
 
 # --------------------------------------------------------------------------------------------------- matrices
 

@@ -60,13 +60,13 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from core.metadata import Band, DetectorMetadata, FFTStageConfig, Threshold
-from training.calibration import false_positive_rate, threshold_at_fpr
-from training.checkpoint import save_checkpoint
-from training.data import Augment, RealFakeDataset
-from training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec, band_name
-from training.metrics import binary_metrics, json_safe
-from training.model import Backbone, Detector
+from fmdetect.core.metadata import Band, DetectorMetadata, FFTStageConfig, Threshold
+from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
+from fmdetect.training.checkpoint import save_checkpoint
+from fmdetect.training.data import Augment, RealFakeDataset
+from fmdetect.training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec, band_name
+from fmdetect.training.metrics import binary_metrics, json_safe
+from fmdetect.training.model import Backbone, Detector
 
 logger = logging.getLogger(__name__)
 

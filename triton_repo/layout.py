@@ -27,9 +27,9 @@ from enum import Enum
 from pathlib import Path
 from string import Template
 
-from core.checksum import write_sidecar
-from core.metadata import DetectorMetadata
-from core.names import DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS
+from fmdetect.core.checksum import write_sidecar
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS
 
 logger = logging.getLogger(__name__)
 

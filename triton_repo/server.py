@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from core.names import IMAGE_BYTES, PROB_FAKE
-from serving import procfs
-from triton_repo.layout import ENSEMBLE
+from fmdetect.core.names import IMAGE_BYTES, PROB_FAKE
+from fmdetect.serving import procfs
+from fmdetect.triton_repo.layout import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 

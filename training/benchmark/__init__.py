@@ -26,7 +26,7 @@ Example::
     python -m training.benchmark --out /tmp/bench-small --small            # tests: every family, ~1 min
 """
 
-from training.benchmark.build import DATASET_FILE, build_dataset, is_complete, read_manifest
-from training.benchmark.config import BuildConfig, Profile
+from fmdetect.training.benchmark.build import DATASET_FILE, build_dataset, is_complete, read_manifest
+from fmdetect.training.benchmark.config import BuildConfig, Profile
 
 __all__ = ["DATASET_FILE", "BuildConfig", "Profile", "build_dataset", "is_complete", "read_manifest"]

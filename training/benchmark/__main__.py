@@ -2,7 +2,7 @@
 
 import sys
 
-from training.benchmark.cli import main
+from fmdetect.training.benchmark.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,27 +17,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.checksum import sha256_file
-from training.benchmark.config import BuildConfig
-from training.benchmark.crops import Crop, assign_sources, draw_crops, stack
-from training.benchmark.families import FAMILIES, Kind, family, mechanisms
-from training.benchmark.generate import (
+from fmdetect.core.checksum import sha256_file
+from fmdetect.training.benchmark.config import BuildConfig
+from fmdetect.training.benchmark.crops import Crop, assign_sources, draw_crops, stack
+from fmdetect.training.benchmark.families import FAMILIES, Kind, family, mechanisms
+from fmdetect.training.benchmark.generate import (
     GeneratorUnavailable,
     dcgan_weights_path,
     load_pretrained_dcgan,
     make_fakes,
 )
-from training.benchmark.photos import Photo, fetch_source, photo_sources
-from training.benchmark.postprocess import Chain, apply_chain, decode, draw_chains
-from training.benchmark.reports import (
+from fmdetect.training.benchmark.photos import Photo, fetch_source, photo_sources
+from fmdetect.training.benchmark.postprocess import Chain, apply_chain, decode, draw_chains
+from fmdetect.training.benchmark.reports import (
     match_reals,
     mean_log_spectrum,
     plot_spectra,
     spectrum_summary,
     trivial_detector_report,
 )
-from training.benchmark.train_generators import family_seed, run_jobs, trained_network
-from training.data import FAKE_DIR, REAL_DIR, Split
+from fmdetect.training.benchmark.train_generators import family_seed, run_jobs, trained_network
+from fmdetect.training.data import FAKE_DIR, REAL_DIR, Split
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.benchmark.build import build_dataset, read_manifest, write_summary
-from training.benchmark.config import DEFAULT_CACHE_DIR, BuildConfig, Profile
-from training.benchmark.families import ALL_FAMILIES, GAN_TRAINABLE, TRAIN_FAMILY
+from fmdetect.training.benchmark.build import build_dataset, read_manifest, write_summary
+from fmdetect.training.benchmark.config import DEFAULT_CACHE_DIR, BuildConfig, Profile
+from fmdetect.training.benchmark.families import ALL_FAMILIES, GAN_TRAINABLE, TRAIN_FAMILY
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -96,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("training.benchmark")
+    log = logging.getLogger("fmdetect.training.benchmark")
     try:
         out = build_dataset(config_from_args(args), force=args.force)
         if args.summary_dir is not None:

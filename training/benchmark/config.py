@@ -9,10 +9,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from training.benchmark.families import ALL_FAMILIES, FAMILIES, TRAIN_FAMILY, Mechanism, family
-from training.benchmark.photos import PHOTO_TABLE
-from training.benchmark.postprocess import PostprocessSpec
-from training.data import Split
+from fmdetect.training.benchmark.families import ALL_FAMILIES, FAMILIES, TRAIN_FAMILY, Mechanism, family
+from fmdetect.training.benchmark.photos import PHOTO_TABLE
+from fmdetect.training.benchmark.postprocess import PostprocessSpec
+from fmdetect.training.data import Split
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "fmdetect"
 BUILDER_VERSION = 3

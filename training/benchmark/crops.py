@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from training.benchmark.photos import Photo
-from training.data import Split
+from fmdetect.training.benchmark.photos import Photo
+from fmdetect.training.data import Split
 
 MIN_CROP_STD = 2.0  # grey levels; flatter crops (sky, black) carry no information and are redrawn
 MAX_REDRAWS = 20

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.benchmark.families import FamilySpec, Kind, family
-from training.benchmark.networks import (
+from fmdetect.training.benchmark.families import FamilySpec, Kind, family
+from fmdetect.training.benchmark.networks import (
     AutoEncoder,
     DCGANGenerator,
     DiffusionUNet,

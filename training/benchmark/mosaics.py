@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, decode_image
-from training.data import FAKE_DIR, REAL_DIR
+from fmdetect.core.preprocess import IMAGE_SUFFIXES, center_crop_or_pad, decode_image
+from fmdetect.training.data import FAKE_DIR, REAL_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
-from core.checksum import sha256_file
-from training.data import Split
+from fmdetect.core.checksum import sha256_file
+from fmdetect.training.data import Split
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data import FAKE_DIR, IMAGE_SUFFIXES, REAL_DIR, Split
+from fmdetect.training.data import FAKE_DIR, IMAGE_SUFFIXES, REAL_DIR, Split
 
 TRIVIAL_FEATURES = ("file_bytes", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_gradient")
 SPECTRUM_BANDS = {"low": (0.0, 0.25), "mid": (0.25, 0.5), "high": (0.5, math.inf)}  # radius, 1 = Nyquist

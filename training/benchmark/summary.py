@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from training.benchmark.build import DATASET_FILE
+from fmdetect.training.benchmark.build import DATASET_FILE
 
 UNSEEN_KEYS = (
     "ap",

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.benchmark.families import FAMILIES, FamilySpec, Kind, family
-from training.benchmark.generate import (
+from fmdetect.training.benchmark.families import FAMILIES, FamilySpec, Kind, family
+from fmdetect.training.benchmark.generate import (
     alphas_cumprod,
     build_network,
     centred_holes,
@@ -36,7 +36,7 @@ from training.benchmark.generate import (
     single_threaded_deterministic,
     to_tensor,
 )
-from training.benchmark.networks import PatchDiscriminator, SuperResolutionGenerator
+from fmdetect.training.benchmark.networks import PatchDiscriminator, SuperResolutionGenerator
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from core.checksum import read_sidecar, sidecar_path
-from core.names import IMAGE, OUTPUTS
+from fmdetect.core.checksum import read_sidecar, sidecar_path
+from fmdetect.core.names import IMAGE, OUTPUTS
 
 
 def _flag(value):

@@ -20,11 +20,11 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from core.fft import inference_masks
-from core.fft_cupy import CupyFFTStage
-from core.metadata import DetectorMetadata
-from core.names import IMAGE as INPUT
-from core.names import MASKED as OUTPUT
+from fmdetect.core.fft import inference_masks
+from fmdetect.core.fft_cupy import CupyFFTStage
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import IMAGE as INPUT
+from fmdetect.core.names import MASKED as OUTPUT
 
 
 class MaskedViews:

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from core.jpeg import region_reader
-from core.metadata import DetectorMetadata
-from core.names import IMAGE, IMAGE_BYTES
-from core.preprocess import REJECTION_REASONS, DecodeLimits, ImageDecodeError, preprocess_image
+from fmdetect.core.jpeg import region_reader
+from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.core.names import IMAGE, IMAGE_BYTES
+from fmdetect.core.preprocess import REJECTION_REASONS, DecodeLimits, ImageDecodeError, preprocess_image
 
 
 def _parameters(model_config):
