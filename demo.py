@@ -191,7 +191,7 @@ def sample_images(cfg: DemoConfig, per_class: int = 3) -> list[tuple[str, int, P
 
 def serve_and_classify(cfg: DemoConfig) -> None:
     from fmdetect.client import ClientConfig, DetectorClient
-    from fmdetect.triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 
     step("Serve: tritonserver (python backend) on 127.0.0.1, free ports")
     with TritonServer(ServerConfig(model_repository=cfg.repository)) as server:

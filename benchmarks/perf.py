@@ -407,9 +407,9 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
     import onnxruntime as ort
     import torch
 
-    from fmdetect.core.fft import apply_fft_stage, inference_masks
+    from fmdetect.core.fft import FFTForm, apply_fft_stage, inference_masks
     from fmdetect.core.metadata import FFTStageConfig
-    from fmdetect.training.fft_stage import FFTImpl, FFTStage
+    from fmdetect.training.fft_stage import FFTStage
 
     k = metadata.fft_stage.views
     h, w = metadata.input_size
@@ -426,7 +426,7 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
 
     results = [("numpy (reference)", timed(lambda: apply_fft_stage(x, masks)))]
     tx = torch.from_numpy(x)
-    for impl in (FFTImpl.FFT, FFTImpl.MATMUL):
+    for impl in (FFTForm.DFT, FFTForm.MATMUL):
         stage = FFTStage(torch.from_numpy(masks), h, w, impl).eval()
         with torch.inference_mode():
             results.append((f"torch {impl.value}", timed(lambda: stage(tx))))
@@ -448,7 +448,7 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
                 verbose=False,
             )
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = "onnxruntime DFT op" if impl is FFTImpl.FFT else "onnxruntime MatMul"
+        name = "onnxruntime DFT op" if impl is FFTForm.DFT else "onnxruntime MatMul"
         results.append((name, timed(lambda: session.run(None, {"x": x}))))
     return [{"impl": n, "batch_size": batch, "masks": k, "input_size": [h, w], "ms_per_batch": ms} for n, ms in results]
 
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = cfg.url
     if url is None:
-        from fmdetect.triton_repo.server import ServerConfig, TritonServer
+        from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 
         server = TritonServer(ServerConfig(model_repository=ensure_repository(cfg)))
         server.start()

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": f"{os.cpu_count()} CPU cores"}
     if args.model_repository is not None:
         from fmdetect.deploy.cluster import Cluster, ClusterConfig, ClusterError, describe
-        from fmdetect.triton_repo.server import free_port
+        from fmdetect.serving.process import free_port
 
         try:
             cluster = Cluster(

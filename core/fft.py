@@ -20,9 +20,37 @@ DFT-as-MatMul, ONNX ``DFT``, CuPy) must agree with ``apply_fft_stage`` to 1e-4 i
 
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 
 from fmdetect.core.metadata import Band, FFTStageConfig
+from fmdetect.core.names import IMAGE, MASKED
+
+
+class FFTForm(str, Enum):
+    """How the FFT stage is computed, one vocabulary from training to serving (``--fft-impl``).
+
+    ``dft``: the FFT itself (``torch.fft`` in PyTorch, which exports to the ONNX ``DFT`` op: ONNX Runtime CPU,
+    TensorRT >= 11.2). ``matmul``: the 2-D DFT as real matrix products with constant cos/sin matrices (plain
+    ``MatMul`` nodes that every TensorRT takes, FP16-safe). ``external``: not in the detector at all; its input is
+    ``MASKED`` (B, K, 3, H, W), normalised and masked by the gpu-cupy target's CuPy ``fft_stage``.
+    """
+
+    DFT = "dft"
+    MATMUL = "matmul"
+    EXTERNAL = "external"
+
+    @property
+    def torch_form(self) -> FFTForm:
+        """The form a PyTorch model computes for this one (``external`` is scored against ``dft``)."""
+        return FFTForm.MATMUL if self is FFTForm.MATMUL else FFTForm.DFT
+
+    @property
+    def input_name(self) -> str:
+        """The detector graph's input: ``MASKED`` without the stage, ``IMAGE`` with it."""
+        return MASKED if self is FFTForm.EXTERNAL else IMAGE
+
 
 BAND_EDGES = {Band.LOW: (-1.0, 0.25), Band.MID: (0.25, 0.5), Band.HIGH: (0.5, np.inf), Band.ALL: (-1.0, np.inf)}
 

@@ -41,6 +41,11 @@ class Band(str, Enum):
     HIGH = "high"
 
 
+def views_for(masks: int) -> int:
+    """K, the views a detector scores per image: one per test-time mask, or the image itself with no masks."""
+    return max(masks, 1)
+
+
 @dataclass(frozen=True)
 class FFTStageConfig:
     """Inference FFT stage: ``masks == 0`` skips it; ``masks == K`` averages the logits of K fixed masks.
@@ -65,7 +70,7 @@ class FFTStageConfig:
     @property
     def views(self) -> int:
         """K: the views the detector scores per image, one per mask, or the image itself when the stage is off."""
-        return max(self.masks, 1)
+        return views_for(self.masks)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Several tritonserver replicas of one model repository behind an nginx gRPC load balancer, on this machine.
 
 Each replica runs its own ``tritonserver`` (the one bundled with nvidia-pytriton, started through
-``triton_repo.server.TritonServer``) inside its own network namespace, with its own address: a veth pair from the
+``serving.tritonserver.TritonServer``) inside its own network namespace, with its own address: a veth pair from the
 namespace into a bridge that this launcher creates, addresses in 198.18.0.0/15 (the block RFC 2544 reserves for
 network benchmarks; a /24 no interface here uses is picked). Where namespaces cannot be created (no root, no
 CAP_NET_ADMIN, a sandbox that forbids them), the replicas run on distinct loopback ports instead and the launcher
@@ -32,21 +32,21 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from string import Template
 
 from fmdetect.serving import procfs
-from fmdetect.triton_repo.server import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer, free_port
+from fmdetect.serving.admin import AdminClient
+from fmdetect.serving.health import HealthStreak
+from fmdetect.serving.process import accepts, file_tail, free_port, signal_group, start_in_session, terminate_group
+from fmdetect.serving.tritonserver import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer
 
 logger = logging.getLogger(__name__)
 
@@ -272,21 +272,6 @@ class NamespaceNetwork:
         return f"network namespaces on bridge {self.bridge} {self.subnet}"
 
 
-class NamespacedTritonServer(TritonServer):
-    """A ``TritonServer`` whose process runs inside a network namespace (``ip netns exec NS tritonserver ...``).
-
-    ``ip netns exec`` execs the server, so the process, its group and everything ``TritonServer`` does to stop
-    and clean up stay the same.
-    """
-
-    def __init__(self, config: ServerConfig, namespace: str) -> None:
-        super().__init__(config)
-        self.namespace = namespace
-
-    def _command(self, repository: Path, backends: Path) -> list[str]:
-        return ["ip", "netns", "exec", self.namespace, *super()._command(repository, backends)]
-
-
 # ------------------------------------------------------------------------------------------------ nginx
 def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
@@ -386,21 +371,15 @@ class NginxBalancer:
 
     def start(self, replicas: list[Replica], down: set[int], timeout_s: float = 10.0) -> None:
         self._write(replicas, down)
-        with open(self.workdir / "nginx.out", "ab") as out:
-            self.process = subprocess.Popen(
-                [self.nginx, "-p", str(self.workdir), "-c", str(self.conf), "-e", str(self.error_log)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.process = start_in_session(
+            [self.nginx, "-p", str(self.workdir), "-c", str(self.conf), "-e", str(self.error_log)],
+            self.workdir / "nginx.out",
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ClusterError(f"nginx exited with {self.process.returncode}:\n{self.log_tail()}")
-            if _accepts(self.config.listen_host, self.config.port) and _accepts(
-                self.config.listen_host, self.http_port
-            ):
+            if accepts(self.config.listen_host, self.config.port) and accepts(self.config.listen_host, self.http_port):
                 return
             time.sleep(0.05)
         raise ClusterError(f"nginx did not listen on {self.config.listen_host}:{self.config.port}:\n{self.log_tail()}")
@@ -412,38 +391,19 @@ class NginxBalancer:
             os.kill(self.process.pid, signal.SIGHUP)
 
     def log_tail(self, lines: int = 20) -> str:
-        if not self.error_log.exists():
-            return ""
-        return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
+        return file_tail(self.error_log, lines)
 
     def stop(self) -> None:
+        """SIGTERM (fast shutdown: the replicas are going away too), then SIGKILL what is left after 10 s."""
         if self.process is None:
             return
-        pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)  # fast shutdown: the replicas are going away too
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        terminate_group(self.process, grace_s=10.0, kill_wait_s=5.0)
         self.process = None
-
-
-def _accepts(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
 
 
 def replica_ready(replica: Replica, timeout_s: float = 1.0) -> bool:
     """Triton's readiness (server ready and every model ready) asked over HTTP at the replica's own address."""
-    try:
-        with urllib.request.urlopen(f"http://{replica.http_url}/v2/health/ready", timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return AdminClient(replica.http_url).is_ready(timeout_s)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -597,13 +557,11 @@ class Cluster:
             host=replica.host,
             ready_timeout_s=c.ready_timeout_s,
             restricted_api=c.restricted_api,
+            # ``ip netns exec`` execs the server: the process, its group and its clean-up stay the same.
+            command_prefix=("ip", "netns", "exec", replica.namespace) if replica.namespace else (),
             **ports,
         )
-        server = (
-            NamespacedTritonServer(server_config, replica.namespace)
-            if replica.namespace
-            else TritonServer(server_config)
-        )
+        server = TritonServer(server_config)
         try:
             server.start()
         except ServerError as exc:
@@ -675,8 +633,7 @@ class Cluster:
         server = replica.server
         if server is None or server.process is None:
             raise ClusterError(f"replica {replica.name} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signum)
+        signal_group(server.process, signum)
         server.stop()
         replica.server = None
         self._save_state()
@@ -731,18 +688,17 @@ class Cluster:
     def _health_loop(self) -> None:
         """Active checks: ``fall`` failed polls take a replica out, ``rise`` good ones put it back."""
         c = self.config
-        streak = {r.index: 0 for r in self.replicas}  # > 0: consecutive good polls; < 0: consecutive bad ones
+        with self._lock:
+            streaks = {r.index: HealthStreak(c.fall, c.rise, healthy=r.index in self._healthy) for r in self.replicas}
         timeout = max(0.2, min(1.0, 2 * c.health_interval_s))
         while not self._stop.wait(c.health_interval_s):
             for replica in self.replicas:
-                good = replica.running and replica_ready(replica, timeout)
-                i = replica.index
-                streak[i] = max(streak[i], 0) + 1 if good else min(streak[i], 0) - 1
+                healthy = streaks[replica.index].observe(replica.running and replica_ready(replica, timeout))
                 with self._lock:
-                    if streak[i] <= -c.fall:
-                        self._healthy.discard(i)
-                    elif streak[i] >= c.rise:
-                        self._healthy.add(i)
+                    if healthy:
+                        self._healthy.add(replica.index)
+                    else:
+                        self._healthy.discard(replica.index)
             try:
                 self._apply()
             except ClusterError as exc:  # keep the previous configuration; nginx keeps serving

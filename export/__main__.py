@@ -22,8 +22,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from fmdetect.core.fft import FFTForm
 from fmdetect.export.fp16_numerics import add_fp16_numerics_args, run_fp16_numerics
-from fmdetect.export.onnx_export import ExportConfig, OnnxFFT, Precision, export_onnx, read_onnx_metadata
+from fmdetect.export.onnx_export import ExportConfig, Precision, export_onnx, read_onnx_metadata
 from fmdetect.export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
 from fmdetect.export.trt_ops import add_trt_ops_args, run_trt_ops
 from fmdetect.triton_repo.layout import Target, check_fft_impl, write_repository
@@ -43,8 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (weights + metadata)")
         p.add_argument(
             "--fft-impl",
-            default=OnnxFFT.MATMUL.value,
-            choices=_choices(OnnxFFT),
+            default=FFTForm.MATMUL.value,
+            choices=_choices(FFTForm),
             help="FFT stage as MatMul with DFT matrices (any TensorRT, FP16-safe), the ONNX DFT op, or "
             "external (no FFT stage: input MASKED (B, K, 3, H, W), for --target gpu-cupy)",
         )
@@ -89,7 +90,7 @@ def _export(args: argparse.Namespace, out: Path) -> dict:
     config = ExportConfig(
         checkpoint=args.checkpoint,
         out=out,
-        fft_impl=OnnxFFT(args.fft_impl),
+        fft_impl=FFTForm(args.fft_impl),
         precision=Precision(args.precision),
         masks=args.masks,
     )

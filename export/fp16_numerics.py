@@ -40,12 +40,12 @@ import numpy as np
 import onnx
 import torch
 
+from fmdetect.core.fft import FFTForm
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.names import LOGIT
 from fmdetect.export.onnx_export import (
     INPUT_NAME,
     ExportConfig,
-    OnnxFFT,
     Precision,
     export_onnx,
     load_with_masks,
@@ -56,7 +56,7 @@ from fmdetect.training.model import ServingHead
 
 logger = logging.getLogger(__name__)
 
-FFT_FORMS = (OnnxFFT.MATMUL, OnnxFFT.DFT)
+FFT_FORMS = (FFTForm.MATMUL, FFTForm.DFT)
 ONNXRUNTIME_CPU = "onnxruntime-cpu"
 PYTORCH_CPU_HALF = "pytorch-cpu-half"
 PYTORCH_CUDA_HALF = "pytorch-cuda-half"
@@ -75,15 +75,15 @@ class NumericsConfig:
     data: Path
     out: Path | None = None
     split: str | None = "testing"
-    fft_impls: tuple[OnnxFFT, ...] = FFT_FORMS
+    fft_impls: tuple[FFTForm, ...] = FFT_FORMS
     runtimes: tuple[str, ...] = RUNTIMES
     batch_size: int = 32
     limit: int | None = None  # evenly spaced subset of the split, for quick runs
     masks: int | None = None  # overrides the checkpoint's number of test-time masks K
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fft_impls", tuple(OnnxFFT(f) for f in self.fft_impls))
-        if OnnxFFT.EXTERNAL in self.fft_impls:
+        object.__setattr__(self, "fft_impls", tuple(FFTForm(f) for f in self.fft_impls))
+        if FFTForm.EXTERNAL in self.fft_impls:
             raise ValueError("fp16-numerics compares whole detectors: --fft-impl matmul and/or dft")
         unknown = set(self.runtimes) - set(RUNTIMES)
         if unknown:
@@ -133,7 +133,7 @@ def _run_torch(head: torch.nn.Module, data: ImageSet, batch_size: int, device: s
 
 def reference_logits(config: NumericsConfig, data: ImageSet) -> np.ndarray:
     """PyTorch fp32 on the CPU with the ``torch.fft`` stage: what every FP16 runtime is compared with."""
-    model = load_with_masks(config.checkpoint, OnnxFFT.DFT.torch_impl, config.masks)
+    model = load_with_masks(config.checkpoint, FFTForm.DFT.torch_form, config.masks)
     return _run_torch(model, data, config.batch_size, "cpu")
 
 
@@ -161,7 +161,7 @@ def ort_execution(path: Path) -> dict[str, Any]:
 
 def compare(
     name: str,
-    fft: OnnxFFT,
+    fft: FFTForm,
     logits: np.ndarray,
     reference: np.ndarray,
     data: ImageSet,
@@ -190,7 +190,7 @@ def compare(
     }
 
 
-def _onnxruntime(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, folder: Path) -> tuple[np.ndarray, dict]:
+def _onnxruntime(config: NumericsConfig, fft: FFTForm, data: ImageSet, folder: Path) -> tuple[np.ndarray, dict]:
     import onnxruntime as ort
 
     path = folder / f"detector_fp16_{fft.value}.onnx"
@@ -217,8 +217,8 @@ def _onnxruntime(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, folder: P
     return logits, extra
 
 
-def _pytorch_half(config: NumericsConfig, fft: OnnxFFT, data: ImageSet, device: str) -> tuple[np.ndarray, dict]:
-    detector = load_with_masks(config.checkpoint, fft.torch_impl, config.masks)
+def _pytorch_half(config: NumericsConfig, fft: FFTForm, data: ImageSet, device: str) -> tuple[np.ndarray, dict]:
+    detector = load_with_masks(config.checkpoint, fft.torch_form, config.masks)
     head = to_fp16(ServingHead(detector), detector).to(device)
     extra: dict[str, Any] = {"device": device}
     if device.startswith("cuda"):
@@ -261,7 +261,7 @@ def fp16_numerics(config: NumericsConfig) -> dict[str, Any]:
     reference = reference_logits(config, data)
     reference_seconds = time.perf_counter() - start
     reference_decisions = 1.0 / (1.0 + np.exp(-reference)) >= threshold
-    legs: list[tuple[str, Callable[[OnnxFFT, Path], tuple[np.ndarray, dict]]]] = [
+    legs: list[tuple[str, Callable[[FFTForm, Path], tuple[np.ndarray, dict]]]] = [
         (ONNXRUNTIME_CPU, lambda fft, folder: _onnxruntime(config, fft, data, folder)),
         (PYTORCH_CPU_HALF, lambda fft, folder: _pytorch_half(config, fft, data, "cpu")),
         (PYTORCH_CUDA_HALF, lambda fft, folder: _pytorch_half(config, fft, data, "cuda")),
@@ -371,7 +371,7 @@ def config_from_args(args: argparse.Namespace) -> NumericsConfig:
         data=args.data,
         out=args.out,
         split=None if str(args.split).lower() == "none" else args.split,
-        fft_impls=tuple(OnnxFFT(f) for f in args.fft_impl),
+        fft_impls=tuple(FFTForm(f) for f in args.fft_impl),
         runtimes=tuple(args.runtimes),
         batch_size=args.batch_size,
         limit=args.limit,

@@ -30,12 +30,11 @@ import onnx
 import torch
 from torch import nn
 
-from fmdetect.core.fft import apply_fft_stage, inference_masks
+from fmdetect.core.fft import FFTForm, apply_fft_stage, inference_masks
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.names import IMAGE, IS_FAKE, LOGIT, MASKED, OUTPUTS, PROB_FAKE
 from fmdetect.core.preprocess import normalize
 from fmdetect.training.checkpoint import load_detector, with_masks
-from fmdetect.training.fft_stage import FFTImpl
 from fmdetect.training.model import Detector, ServingHead, aggregate_windows
 
 logger = logging.getLogger(__name__)
@@ -53,24 +52,6 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
-class OnnxFFT(str, Enum):
-    """How the FFT stage appears in the graph: ``matmul`` (DFT as MatMul, any TensorRT, FP16-safe), ``dft``
-    (the ONNX ``DFT`` op: ONNX Runtime CPU, TensorRT >= 11.2) or ``external`` (not in the graph: input
-    ``MASKED`` (B, K, 3, H, W), normalised and masked by the gpu-cupy target's CuPy ``fft_stage``)."""
-
-    MATMUL = "matmul"
-    DFT = "dft"
-    EXTERNAL = "external"
-
-    @property
-    def torch_impl(self) -> FFTImpl:
-        return FFTImpl.MATMUL if self is OnnxFFT.MATMUL else FFTImpl.FFT
-
-    @property
-    def input_name(self) -> str:
-        return MASKED_INPUT_NAME if self is OnnxFFT.EXTERNAL else INPUT_NAME
-
-
 PARITY_TOLERANCE = {Precision.FP32: 1e-3, Precision.FP16: 5e-2}
 
 
@@ -78,7 +59,7 @@ PARITY_TOLERANCE = {Precision.FP32: 1e-3, Precision.FP16: 5e-2}
 class ExportConfig:
     checkpoint: Path
     out: Path
-    fft_impl: OnnxFFT = OnnxFFT.MATMUL
+    fft_impl: FFTForm = FFTForm.MATMUL
     precision: Precision = Precision.FP32
     masks: int | None = None  # overrides the checkpoint's number of test-time masks
     parity_batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES
@@ -101,7 +82,7 @@ class ParityReport:
         return {**self.__dict__, "passed": self.passed}
 
 
-def load_with_masks(checkpoint: Path, impl: FFTImpl | str, masks: int | None = None) -> Detector:
+def load_with_masks(checkpoint: Path, impl: FFTForm | str, masks: int | None = None) -> Detector:
     """The checkpoint's detector in eval mode, with ``masks`` test-time masks instead of its own when given."""
     model = load_detector(checkpoint, fft_impl=impl)
     if masks is not None and masks != model.metadata.fft_stage.masks:
@@ -109,7 +90,7 @@ def load_with_masks(checkpoint: Path, impl: FFTImpl | str, masks: int | None = N
     return model.eval()
 
 
-def _load(config: ExportConfig, impl: FFTImpl) -> Detector:
+def _load(config: ExportConfig, impl: FFTForm) -> Detector:
     return load_with_masks(config.checkpoint, impl, config.masks)
 
 
@@ -145,10 +126,10 @@ def masked_views(images: np.ndarray, metadata: DetectorMetadata) -> np.ndarray:
     return views.reshape(batch, -1, 3, height, width)
 
 
-def graph_inputs(fft: OnnxFFT | str, images: np.ndarray, metadata: DetectorMetadata) -> dict[str, np.ndarray]:
+def graph_inputs(fft: FFTForm | str, images: np.ndarray, metadata: DetectorMetadata) -> dict[str, np.ndarray]:
     """The feed of an exported graph for a uint8 image batch."""
-    fft = OnnxFFT(fft)
-    if fft is OnnxFFT.EXTERNAL:
+    fft = FFTForm(fft)
+    if fft is FFTForm.EXTERNAL:
         return {MASKED_INPUT_NAME: masked_views(images, metadata)}
     return {INPUT_NAME: images}
 
@@ -255,17 +236,17 @@ def parity_images(batch_size: int, height: int, width: int, seed: int = 0, chann
 
 def export_onnx(config: ExportConfig) -> ParityReport:
     """Export, run ``onnx.checker`` (full check), compare against PyTorch fp32; raise if parity fails."""
-    fft = OnnxFFT(config.fft_impl)
+    fft = FFTForm(config.fft_impl)
     precision = Precision(config.precision)
-    model = _load(config, fft.torch_impl)
+    model = _load(config, fft.torch_form)
     metadata = model.metadata
     height, width = metadata.input_size
-    head = BackboneHead(model) if fft is OnnxFFT.EXTERNAL else ServingHead(model)
+    head = BackboneHead(model) if fft is FFTForm.EXTERNAL else ServingHead(model)
     if precision is Precision.FP16:
         head = to_fp16(head, model)
     images = parity_images(2, height, width, channels=metadata.coverage.channels)
     (example,) = graph_inputs(fft, images, metadata).values()
-    argument = "masked" if fft is OnnxFFT.EXTERNAL else "images"  # the forward's parameter name
+    argument = "masked" if fft is FFTForm.EXTERNAL else "images"  # the forward's parameter name
     config.out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
@@ -311,7 +292,7 @@ def check_parity(config: ExportConfig, metadata: DetectorMetadata) -> ParityRepo
     an ``external`` graph gets them normalised and masked by the numpy reference (:func:`masked_views`)."""
     import onnxruntime as ort
 
-    reference = _load(config, FFTImpl.FFT)
+    reference = _load(config, FFTForm.DFT)
     session = ort.InferenceSession(str(config.out), providers=["CPUExecutionProvider"])
     height, width = metadata.input_size
     per_batch = {}
@@ -326,7 +307,7 @@ def check_parity(config: ExportConfig, metadata: DetectorMetadata) -> ParityRepo
         max_abs_logit_diff=max(per_batch.values()),
         batch_sizes=list(config.parity_batch_sizes),
         precision=precision.value,
-        fft_impl=OnnxFFT(config.fft_impl).value,
+        fft_impl=FFTForm(config.fft_impl).value,
         tolerance=PARITY_TOLERANCE[precision],
         per_batch=per_batch,
     )
@@ -335,7 +316,7 @@ def check_parity(config: ExportConfig, metadata: DetectorMetadata) -> ParityRepo
 _COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | None = None) -> dict[str, int]:
+def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: FFTForm | str | None = None) -> dict[str, int]:
     """Check the precision contract of an FP16 export and count what runs in which precision.
 
     - I/O: ``IMAGE`` uint8 (``MASKED`` float32 for ``external``) in; ``LOGIT``, ``PROB_FAKE`` float32 and
@@ -351,14 +332,14 @@ def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | N
     """
     model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph))
     props = {p.key: p.value for p in model.metadata_props}
-    fft = OnnxFFT(fft if fft is not None else props.get("fft_impl", OnnxFFT.MATMUL.value))
+    fft = FFTForm(fft if fft is not None else props.get("fft_impl", FFTForm.MATMUL.value))
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
     types.update({init.name: init.data_type for init in g.initializer})
     T = onnx.TensorProto
     problems = []
-    expected_in = {fft.input_name: T.FLOAT if fft is OnnxFFT.EXTERNAL else T.UINT8}
+    expected_in = {fft.input_name: T.FLOAT if fft is FFTForm.EXTERNAL else T.UINT8}
     expected_out = {LOGIT: T.FLOAT, PROB_FAKE: T.FLOAT, IS_FAKE: T.BOOL}
     for values, expected in ((g.input, expected_in), (g.output, expected_out)):
         got = {v.name: v.type.tensor_type.elem_type for v in values}
@@ -387,7 +368,7 @@ def check_fp16_graph(graph: onnx.ModelProto | str | Path, fft: OnnxFFT | str | N
         elif node.op_type == "Cast":
             counts["casts"] += 1
     masks = json.loads(props[METADATA_KEY])["fft_stage"]["masks"] if METADATA_KEY in props else 0
-    if fft is OnnxFFT.DFT and masks > 0 and counts["dft_fp32"] == 0:
+    if fft is FFTForm.DFT and masks > 0 and counts["dft_fp32"] == 0:
         problems.append("fft_impl dft with test-time masks but the graph has no DFT node")
     if problems:
         raise ValueError("the FP16 graph breaks its precision contract: " + "; ".join(problems))

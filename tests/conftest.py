@@ -66,7 +66,7 @@ def cpu_repository(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def triton_server(cpu_repository: Path):
-    from fmdetect.triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 
     server = TritonServer(ServerConfig(model_repository=cpu_repository))
     server.start()

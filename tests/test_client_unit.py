@@ -35,7 +35,7 @@ from fmdetect.client.detector_client import (
     readiness_wait,
     retry_decision,
 )
-from fmdetect.triton_repo.server import free_port
+from fmdetect.serving.process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake_detector"

@@ -35,7 +35,7 @@ from fmdetect.deploy.cluster import (
     cleanup_stale,
     find_nginx,
 )
-from fmdetect.triton_repo.server import free_port
+from fmdetect.serving.process import free_port
 from tests.conftest import encode, photo_like, skip_for_missing_tool
 from tests.figures import record
 

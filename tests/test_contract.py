@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fmdetect.core.fft import apply_fft_stage, band_region, inference_masks, masked_count
+from fmdetect.core.fft import FFTForm, apply_fft_stage, band_region, inference_masks, masked_count
 from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
 from fmdetect.core.preprocess import (
     DecodeLimits,
@@ -21,7 +21,7 @@ from fmdetect.core.preprocess import (
     normalize,
     preprocess_image,
 )
-from fmdetect.training.fft_stage import FFTImpl, FFTStage, MatmulDFT, masked_fft_torch
+from fmdetect.training.fft_stage import FFTStage, MatmulDFT, masked_fft_torch
 from tests.conftest import encode, photo_like
 
 TOL = 1e-4
@@ -135,7 +135,7 @@ def _real_images(n: int, size: int) -> np.ndarray:
     return normalize(np.stack(crops).transpose(0, 3, 1, 2), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def _onnx_stage(impl: FFTImpl, masks: np.ndarray | None, size: int, tmp_path: Path):
+def _onnx_stage(impl: FFTForm, masks: np.ndarray | None, size: int, tmp_path: Path):
     """The stage exported to ONNX and run by ONNX Runtime; with no masks the exported graph is the identity."""
     import onnx
     import onnxruntime as ort
@@ -157,7 +157,7 @@ def _onnx_stage(impl: FFTImpl, masks: np.ndarray | None, size: int, tmp_path: Pa
             verbose=False,
         )
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert ("DFT" in ops) == (impl is FFTImpl.FFT and masks is not None), ops
+    assert ("DFT" in ops) == (impl is FFTForm.DFT and masks is not None), ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     k = 1 if masks is None else masks.shape[0]
     return lambda x: session.run(None, {"x": x})[0].reshape(x.shape[0], k, *x.shape[1:])
@@ -177,7 +177,7 @@ def _cupy_stage(masks: np.ndarray | None):
     return lambda x: cupy.asnumpy(stage(cupy.asarray(x)))
 
 
-def _torch_stage(impl: FFTImpl, masks: np.ndarray | None, size: int):
+def _torch_stage(impl: FFTForm, masks: np.ndarray | None, size: int):
     """The serving-side torch module (``FFTStage``, as exported), reshaped back to (B, K, C, H, W)."""
     stage = FFTStage(None if masks is None else torch.from_numpy(masks), size, size, impl).eval()
     with torch.no_grad():
@@ -198,9 +198,9 @@ def test_fft_stage_parity(impl, n_masks, source, tmp_path):
     if impl == "cupy":  # a machine without CuPy or a GPU skips here, before anything is computed
         run = _cupy_stage(masks)
     elif impl in ("torch_fft", "matmul"):
-        run = _torch_stage(FFTImpl.FFT if impl == "torch_fft" else FFTImpl.MATMUL, masks, size)
+        run = _torch_stage(FFTForm.DFT if impl == "torch_fft" else FFTForm.MATMUL, masks, size)
     else:
-        run = _onnx_stage(FFTImpl.FFT if impl == "onnx_dft" else FFTImpl.MATMUL, masks, size, tmp_path)
+        run = _onnx_stage(FFTForm.DFT if impl == "onnx_dft" else FFTForm.MATMUL, masks, size, tmp_path)
     x = (
         np.random.default_rng(n_masks).standard_normal((3, 3, size, size)).astype(np.float32) * 2
         if source == "random"

@@ -32,9 +32,9 @@ from fmdetect.training.evaluate import (
     Perturbation,
     evaluate,
     main,
-    predict,
 )
 from fmdetect.training.model import Detector
+from fmdetect.training.steps import predict
 
 SIZE = (64, 64)
 GENERATOR_KEYS = {"ap", "acc", "acc_calibrated", "real_acc", "fake_acc", "auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "n"}

@@ -19,13 +19,13 @@ import pytest
 import torch
 from torch import nn
 
+from fmdetect.core.fft import FFTForm
 from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
 from fmdetect.export.__main__ import main as export_main
 from fmdetect.export.onnx_export import (
     MASKED_INPUT_NAME,
     PARITY_TOLERANCE,
     ExportConfig,
-    OnnxFFT,
     Precision,
     check_fp16_graph,
     export_onnx,
@@ -56,7 +56,7 @@ def fp16_graphs(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """The session detector exported in FP16 in each FFT form: path and parity report."""
     folder = tmp_path_factory.mktemp("fp16")
     graphs = {}
-    for fft in OnnxFFT:
+    for fft in FFTForm:
         out = folder / f"{fft.value}.onnx"
         report = export_onnx(
             ExportConfig(
@@ -70,7 +70,7 @@ def fp16_graphs(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 # --- FP16 ONNX ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fft", [f.value for f in OnnxFFT])
+@pytest.mark.parametrize("fft", [f.value for f in FFTForm])
 def test_fp16_graph_is_strongly_typed_with_fp32_io(fp16_graphs, fft):
     path, report = fp16_graphs[fft]
     assert report["passed"] and report["tolerance"] == PARITY_TOLERANCE[Precision.FP16] == 5e-2
@@ -102,7 +102,7 @@ def test_fp16_graph_is_strongly_typed_with_fp32_io(fp16_graphs, fft):
         assert len(matmuls) == 12  # the 2-D DFT and its inverse, real arithmetic, in FP16
 
 
-@pytest.mark.parametrize("fft", [f.value for f in OnnxFFT])
+@pytest.mark.parametrize("fft", [f.value for f in FFTForm])
 def test_fp16_graph_runs_on_onnxruntime_cpu_with_dynamic_batch(fp16_graphs, checkpoint, fft):
     from fmdetect.export.fp16_numerics import ort_execution
 
@@ -125,7 +125,7 @@ def test_external_graph_fp32(checkpoint, tmp_path):
     """The backbone-only graph of the gpu-cupy target: fed with the numpy FFT stage, it gives PyTorch's logits."""
     out = tmp_path / "external.onnx"
     report = export_onnx(
-        ExportConfig(checkpoint=checkpoint, out=out, fft_impl=OnnxFFT.EXTERNAL, parity_batch_sizes=(1, 4))
+        ExportConfig(checkpoint=checkpoint, out=out, fft_impl=FFTForm.EXTERNAL, parity_batch_sizes=(1, 4))
     )
     assert report.passed and report.max_abs_logit_diff <= 1e-4  # the same fp32 math, split between two runtimes
     graph = onnx.load(str(out))
@@ -245,7 +245,7 @@ def test_fp16_numerics_rejects_external(checkpoint, png_testing_split):
     from fmdetect.export.fp16_numerics import NumericsConfig
 
     with pytest.raises(ValueError, match="matmul and/or dft"):
-        NumericsConfig(checkpoint=checkpoint, data=png_testing_split, fft_impls=(OnnxFFT.EXTERNAL,))
+        NumericsConfig(checkpoint=checkpoint, data=png_testing_split, fft_impls=(FFTForm.EXTERNAL,))
 
 
 # --- The CuPy fft_stage model -------------------------------------------------------------------------------------

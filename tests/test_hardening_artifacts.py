@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fmdetect.triton_repo.server import RestrictedAPI, ServerConfig, ServerError, TritonServer
+from fmdetect.serving.tritonserver import RestrictedAPI, ServerConfig, ServerError, TritonServer
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import infer, prob, repository_copy, write_sha256
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fmdetect.triton_repo.server import GrpcTLS, ServerConfig, TritonServer, get_args_parser
+from fmdetect.serving.launcher import get_args_parser
+from fmdetect.serving.tritonserver import GrpcTLS, ServerConfig, TritonServer
 from tests.conftest import encode, find_tool, photo_like, skip_for_missing_tool
 
 PAYLOAD = encode(photo_like(64, 64, 0), "PNG")
@@ -284,7 +285,7 @@ def test_admin_apis_are_closed_to_callers_without_the_key(triton_server):
 
 
 def test_launcher_restricts_by_default_and_opens_only_when_told(tmp_path: Path, monkeypatch):
-    from fmdetect.triton_repo.server import RestrictedAPI
+    from fmdetect.serving.tritonserver import RestrictedAPI
 
     monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
     first, second = (ServerConfig(model_repository=tmp_path).restricted_api for _ in range(2))

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from fmdetect.triton_repo.server import InferenceProbe, ServerConfig, TritonServer
+from fmdetect.serving.tritonserver import ServerConfig, TritonServer
+from fmdetect.serving.watchdog import InferenceProbe, watch
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import repository_copy
@@ -154,7 +155,7 @@ def test_killed_process_is_noticed_and_recovered(cpu_repository: Path, tmp_path:
     repo = repository_copy(cpu_repository, tmp_path / "repo")
     with Started(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as started:
         server = started.server
-        watchdog = server.watch(interval_s=WATCH_INTERVAL_S)
+        watchdog = watch(server, interval_s=WATCH_INTERVAL_S)
         with Load(server.grpc_url) as load:
             _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
             period_s = WATCH_INTERVAL_S + _check_seconds(server)
@@ -255,7 +256,7 @@ def test_a_failing_probe_restarts_the_server(cpu_repository: Path, tmp_path: Pat
     repo = repository_copy(cpu_repository, tmp_path / "repo")
     with TritonServer(ServerConfig(model_repository=repo)) as server:
         pid = server.process.pid
-        watchdog = server.watch(interval_s=0.2, probe=probe, failures_to_restart=2)
+        watchdog = watch(server, interval_s=0.2, probe=probe, failures_to_restart=2)
         _wait_for(lambda: watchdog.recoveries and len(calls) >= 4, 60, "a restart and two good probes")
         assert server.process.pid != pid and server.check_health() is None
     assert [r.reason for r in watchdog.recoveries] == ["probe failed: probe inference failed"]
@@ -302,7 +303,7 @@ def test_hung_stub_is_found_and_recovered(cpu_repository: Path, tmp_path: Path, 
             source.write(BLOCKING_EXECUTE)
     with Started(ServerConfig(model_repository=repo, model_control_explicit=explicit)) as started:
         server = started.server
-        watchdog = server.watch(interval_s=WATCH_INTERVAL_S, hang_probe=HANG_PROBE)
+        watchdog = watch(server, interval_s=WATCH_INTERVAL_S, hang_probe=HANG_PROBE)
         with Load(server.grpc_url) as load:
             _wait_for(lambda: load.succeeded_after(0) >= 20, 30, "the first answers")
             time.sleep(2.0)  # a few good probes under load: nothing to act on

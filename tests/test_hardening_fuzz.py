@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, preprocess_image
-from fmdetect.triton_repo.server import ServerConfig, TritonServer
+from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import animation, infer, posterised, prob, repository_copy
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, decode_image
-from fmdetect.triton_repo.server import ServerConfig, ServerError, TritonServer
+from fmdetect.serving.tritonserver import ServerConfig, ServerError, TritonServer
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import (

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from fmdetect.core.metadata import DetectorMetadata
+from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 from fmdetect.triton_repo.layout import render_config
-from fmdetect.triton_repo.server import ServerConfig, TritonServer
 from tests.conftest import encode, photo_like
 from tests.figures import record
 from tests.test_hardening_support import closed_loop, open_loop, repository_copy

@@ -174,7 +174,7 @@ def test_a_rejected_oversized_payload_stays_in_the_servers_shared_memory(cpu_rep
     """Pinned: sent straight to tritonserver, a payload over max_bytes is rejected by preprocess (INVALID_ARG, the
     reason given) but only after Triton copied it into the python backend's shared memory, which keeps its grown
     size: Triton 2.51 has no limit of its own. Hence the proxy's limit in front of it (tests/test_cluster.py)."""
-    from fmdetect.triton_repo.server import ServerConfig, TritonServer
+    from fmdetect.serving.tritonserver import ServerConfig, TritonServer
     from tests.test_hardening_support import repository_copy
 
     repo = repository_copy(cpu_repository, tmp_path / "repo")

@@ -107,7 +107,7 @@ def test_deployment_serves_triton_with_health_probes(name: str):
     assert {"/models", "/dev/shm"} <= {m["mountPath"] for m in triton["volumeMounts"]}
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     # The administrative APIs answer only the admin key (the launcher's default set), taken from a Secret.
-    from fmdetect.triton_repo.server import RestrictedAPI
+    from fmdetect.serving.tritonserver import RestrictedAPI
 
     spec = f"{','.join(RestrictedAPI.DEFAULT_APIS)}:{RestrictedAPI.DEFAULT_HEADER}=$(TRITON_ADMIN_KEY)"
     assert f"--http-restricted-api={spec}" in triton["args"] and f"--grpc-restricted-protocol={spec}" in triton["args"]

@@ -138,7 +138,7 @@ def test_bad_arguments_fail_in_one_line(args, message):
 
 
 def test_unreachable_server_and_unknown_model_fail_before_measuring(triton_server):
-    from fmdetect.triton_repo.server import free_port
+    from fmdetect.serving.process import free_port
 
     key = {"TRITON_ADMIN_KEY": triton_server.config.restricted_api.value}
     for args, message, env in (

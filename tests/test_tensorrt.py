@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from fmdetect.core.checksum import sha256_file
-from fmdetect.export.onnx_export import OUTPUT_NAMES, ExportConfig, OnnxFFT, Precision, export_onnx, parity_images
+from fmdetect.core.fft import FFTForm
+from fmdetect.export.onnx_export import OUTPUT_NAMES, ExportConfig, Precision, export_onnx, parity_images
 from fmdetect.export.tensorrt_engine import (
     EngineBuildError,
     EngineConfig,
@@ -39,7 +40,7 @@ def _export(checkpoint: Path, out: Path, fft: str, precision: str = "fp32") -> P
         ExportConfig(
             checkpoint=checkpoint,
             out=out,
-            fft_impl=OnnxFFT(fft),
+            fft_impl=FFTForm(fft),
             precision=Precision(precision),
             parity_batch_sizes=(2,),
         )

@@ -16,19 +16,10 @@ import torch
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from fmdetect.training.checkpoint import load_detector
-from fmdetect.training.train import (
-    BEST_FILE,
-    CHECKPOINT_DIR,
-    LAST_FILE,
-    METRICS_FILE,
-    PlateauSchedule,
-    TrainConfig,
-    check_resumable,
-    load_state,
-    main,
-    profile_masking,
-    train,
-)
+from fmdetect.training.masking_profile import profile_masking
+from fmdetect.training.run_state import BEST_FILE, CHECKPOINT_DIR, LAST_FILE, METRICS_FILE, check_resumable, load_state
+from fmdetect.training.schedule import PlateauSchedule
+from fmdetect.training.train import TrainConfig, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,9 +135,10 @@ def test_resume_equals_uninterrupted_training(
 
 def test_resume_refuses_changed_training_options(tmp_path: Path) -> None:
     saved = tiny(tmp_path, tmp_path / "run").to_dict()
-    check_resumable(saved, tiny(tmp_path, tmp_path / "run", epochs=7, workers=2, max_steps=3))
+    last = tmp_path / "run" / LAST_FILE
+    check_resumable(saved, tiny(tmp_path, tmp_path / "run", epochs=7, workers=2, max_steps=3).to_dict(), last)
     with pytest.raises(ValueError, match="mask_ratio"):
-        check_resumable(saved, tiny(tmp_path, tmp_path / "run", mask_ratio=0.5))
+        check_resumable(saved, tiny(tmp_path, tmp_path / "run", mask_ratio=0.5).to_dict(), last)
 
 
 def test_training_options_reach_the_run(small_dataset: Path, tmp_path: Path, one_thread) -> None:

@@ -23,7 +23,8 @@ from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
 from fmdetect.training.checkpoint import load_detector
 from fmdetect.training.data import Augment, RealFakeDataset, random_crop_or_pad, scan_samples
 from fmdetect.training.masking import MaskKind, MaskSpec, frequency_masks
-from fmdetect.training.train import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD, TrainConfig, train
+from fmdetect.training.run_state import CHECKPOINT_DIR, METRICS_FILE, THRESHOLD_METHOD
+from fmdetect.training.train import TrainConfig, train
 
 # Measured on 2 CPU cores, dataset seed 0, training seeds 0/1/2, 12 epochs: val acc 0.95 / 0.92 / 0.94 and
 # val AP 0.997 / 0.979 / 0.986 (chance: 0.5). The bounds leave a wide margin and stay far above chance.
@@ -329,8 +330,8 @@ def test_multi_crop_coverage_catches_a_generated_collage_around_a_real_centre(
     from fmdetect.core.names import ENSEMBLE, IMAGE_BYTES, IS_FAKE, PROB_FAKE
     from fmdetect.core.preprocess import preprocess_image
     from fmdetect.export.__main__ import main as export_main
+    from fmdetect.serving.tritonserver import ServerConfig, TritonServer
     from fmdetect.training.calibrate import recalibrate
-    from fmdetect.triton_repo.server import ServerConfig, TritonServer
 
     centre_only = load_detector(trained / CHECKPOINT_DIR)
     val = RealFakeDataset(small_dataset, "validation", image_size=64)

@@ -18,8 +18,8 @@ import torch
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.preprocess import preprocess_image
 from fmdetect.core.scoring import sigmoid
+from fmdetect.serving.process import free_port
 from fmdetect.triton_repo.layout import Target, render_config
-from fmdetect.triton_repo.server import free_port
 from tests.conftest import encode, photo_like
 from tests.figures import record
 
@@ -142,7 +142,7 @@ def test_serve_cli_stops_cleanly(cpu_repository):
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     before = set(glob.glob("/dev/shm/fmdetect_*"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fmdetect.triton_repo.server", "--model-repository", str(cpu_repository)],
+        [sys.executable, "-m", "fmdetect.serving.launcher", "--model-repository", str(cpu_repository)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -29,9 +29,10 @@ from fmdetect.core.metadata import Coverage, Threshold
 from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
 from fmdetect.training.checkpoint import load_detector, save_checkpoint, with_coverage, with_masks
 from fmdetect.training.data import RealFakeDataset, resolve_split
-from fmdetect.training.evaluate import parse_coverage, predict
+from fmdetect.training.distributed import resolve_device
+from fmdetect.training.evaluate import parse_coverage
 from fmdetect.training.model import Detector
-from fmdetect.training.train import resolve_device
+from fmdetect.training.steps import predict
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from fmdetect.core.fft import FFTForm
 from fmdetect.core.metadata import WEIGHTS_FILE, Coverage, DetectorMetadata
-from fmdetect.training.fft_stage import FFTImpl
 from fmdetect.training.model import Detector
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def save_checkpoint(model: Detector, checkpoint_dir: str | Path, metadata: Detec
     return out
 
 
-def load_detector(checkpoint_dir: str | Path, fft_impl: FFTImpl | str = FFTImpl.FFT) -> Detector:
+def load_detector(checkpoint_dir: str | Path, fft_impl: FFTForm | str = FFTForm.DFT) -> Detector:
     """Load a checkpoint directory into a ``Detector`` in eval mode (CPU, fp32)."""
     ckpt = Path(checkpoint_dir)
     metadata = DetectorMetadata.load(ckpt)

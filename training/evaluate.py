@@ -62,8 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from fmdetect.core.metadata import Coverage, DetectorMetadata
 from fmdetect.core.preprocess import decode_image
@@ -73,8 +72,9 @@ from fmdetect.training.benchmark.summary import benchmark_summary, load_manifest
 from fmdetect.training.benchmark.summary import markdown as benchmark_markdown
 from fmdetect.training.checkpoint import load_detector, with_coverage, with_masks
 from fmdetect.training.data import RealFakeDataset
+from fmdetect.training.distributed import resolve_device
 from fmdetect.training.model import Detector
-from fmdetect.training.train import resolve_device
+from fmdetect.training.steps import Predictions, predict
 
 logger = logging.getLogger(__name__)
 
@@ -156,22 +156,6 @@ class EvalImages(Dataset):
         return torch.from_numpy(img), torch.tensor(float(sample.label)), sample.generator
 
 
-@dataclass
-class Predictions:
-    """Logits (float32) of every image in dataset order, with labels, generators, paths and the model time."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    generators: list[str]
-    paths: list[str]
-    model_seconds: float
-
-    @property
-    def probs(self) -> np.ndarray:
-        """``prob_fake`` as served (float32 sigmoid), widened to float64."""
-        return sigmoid(self.logits).astype(np.float64)
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """Resolved evaluation configuration; written to ``OUT/config.json``."""
@@ -232,31 +216,6 @@ def parse_coverage(text: str) -> Coverage:
 
 
 # ------------------------------------------------------------------------------------------------- inference
-
-
-@torch.no_grad()
-def predict(
-    model: Detector, dataset: Dataset, batch_size: int, device: torch.device, workers: int = 0, desc: str = "evaluate"
-) -> Predictions:
-    """Logits of every item of ``dataset`` in order, and the time spent in the model."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
-    logits, labels, generators, seconds = [], [], [], 0.0
-    for images, targets, gens in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        sync(device)
-        t0 = time.perf_counter()
-        out = model(images.to(device, non_blocking=True)).float()
-        sync(device)
-        seconds += time.perf_counter() - t0
-        logits.append(out.cpu().numpy())
-        labels.append(targets.numpy())
-        generators += list(gens)
-    base = dataset.base if isinstance(dataset, EvalImages) else dataset
-    paths = [str(s.path) for s in base.samples] if isinstance(base, RealFakeDataset) else [""] * len(generators)
-    return Predictions(
-        np.concatenate(logits).astype(np.float32), np.concatenate(labels).astype(np.int64), generators, paths, seconds
-    )
 
 
 def summarise(pred: Predictions, threshold: float) -> dict[str, Any]:

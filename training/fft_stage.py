@@ -1,8 +1,8 @@
 """The FFT stage in torch: ``Re(iFFT2(M * FFT2(x)))``, ortho-scaled, in two interchangeable implementations.
 
-- ``FFTImpl.FFT``: ``torch.fft``. Used for training; the ONNX exporter turns it into the ONNX ``DFT`` op
+- ``FFTForm.DFT``: ``torch.fft``. Used for training; the ONNX exporter turns it into the ONNX ``DFT`` op
   (ONNX Runtime CPU, TensorRT >= 11.2).
-- ``FFTImpl.MATMUL``: the 2-D DFT as real matrix products with constant, ortho-scaled cos/sin matrices. Exports
+- ``FFTForm.MATMUL``: the 2-D DFT as real matrix products with constant, ortho-scaled cos/sin matrices. Exports
   to plain ``MatMul`` nodes that every TensorRT version takes, and stays inside FP16 range.
 
 Both follow ``core.fft.apply_fft_stage`` (the numpy reference) to 1e-4 in fp32.
@@ -10,17 +10,11 @@ Both follow ``core.fft.apply_fft_stage`` (the numpy reference) to 1e-4 in fp32.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from torch import nn
 
-from fmdetect.core.fft import dft_matrices
-
-
-class FFTImpl(str, Enum):
-    FFT = "fft"
-    MATMUL = "matmul"
+from fmdetect.core.fft import FFTForm, dft_matrices
+from fmdetect.core.metadata import views_for
 
 
 def masked_fft_torch(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -58,17 +52,19 @@ class MatmulDFT(nn.Module):
 class FFTStage(nn.Module):
     """Inference FFT stage with K fixed masks (or none). Output is flattened to (B*K, C, H, W)."""
 
-    def __init__(self, masks: torch.Tensor | None, height: int, width: int, impl: FFTImpl | str = FFTImpl.FFT):
+    def __init__(self, masks: torch.Tensor | None, height: int, width: int, impl: FFTForm | str = FFTForm.DFT):
         super().__init__()
-        self.impl = FFTImpl(impl)
+        self.impl = FFTForm(impl)
+        if self.impl is FFTForm.EXTERNAL:
+            raise ValueError("a PyTorch FFT stage computes dft or matmul; external is the CuPy stage's")
         self.num_masks = 0 if masks is None else int(masks.shape[0])
         self.register_buffer("masks", masks if masks is not None else torch.zeros(0), persistent=False)
-        self.matmul = MatmulDFT(height, width) if self.impl is FFTImpl.MATMUL and masks is not None else None
+        self.matmul = MatmulDFT(height, width) if self.impl is FFTForm.MATMUL and masks is not None else None
 
     @property
     def views(self) -> int:
         """Number of masked views per image (1 when the stage is skipped)."""
-        return max(self.num_masks, 1)
+        return views_for(self.num_masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_masks == 0:

@@ -40,8 +40,8 @@ import torch
 from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig, Threshold
 from fmdetect.training.calibrate import calibrate
 from fmdetect.training.checkpoint import save_checkpoint
+from fmdetect.training.distributed import resolve_device
 from fmdetect.training.model import Backbone, Detector
-from fmdetect.training.train import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from enum import Enum
 import torch
 from torch import nn
 
-from fmdetect.core.fft import inference_masks
+from fmdetect.core.fft import FFTForm, inference_masks
 from fmdetect.core.metadata import DetectorMetadata
-from fmdetect.training.fft_stage import FFTImpl, FFTStage, masked_fft_torch
+from fmdetect.training.fft_stage import FFTStage, masked_fft_torch
+from fmdetect.training.masking import MaskDomain, MaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Detector(nn.Module):
     def __init__(
         self,
         metadata: DetectorMetadata,
-        fft_impl: FFTImpl | str = FFTImpl.FFT,
+        fft_impl: FFTForm | str = FFTForm.DFT,
         pretrained: bool = False,
         weights_path: str | None = None,
     ) -> None:
@@ -138,3 +139,26 @@ class ServingHead(nn.Module):
         logit = self.detector(images).reshape(-1, 1)
         prob = torch.sigmoid(logit.float())
         return logit.float(), prob, prob >= self.threshold
+
+
+class MaskedDetector(nn.Module):
+    """Training forward of a ``Detector``: normalise -> masking augmentation -> backbone -> logits (B,).
+
+    In the default domain the masks act on the normalised tensor, where the exported model's test-time FFT masks
+    act; in the pixel domains they act on 0..255 pixels before normalisation. ``generator`` is the masks' source
+    of randomness (set per epoch).
+    """
+
+    def __init__(self, detector: Detector, spec: MaskSpec) -> None:
+        super().__init__()
+        self.detector = detector
+        self.spec = spec
+        self.generator: torch.Generator | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if spec.domain is MaskDomain.NORMALISED:
+            x = spec.apply(self.detector.normalise(images), self.generator)
+        else:
+            x = self.detector.normalise(spec.apply(images.float(), self.generator))
+        return self.detector.backbone(x).reshape(-1)

@@ -38,15 +38,13 @@ Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
 import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -64,21 +62,37 @@ from fmdetect.core.metadata import Band, DetectorMetadata, FFTStageConfig, Thres
 from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
 from fmdetect.training.checkpoint import save_checkpoint
 from fmdetect.training.data import Augment, RealFakeDataset
+from fmdetect.training.distributed import (
+    Distributed,
+    barrier,
+    epoch_seed,
+    mean_over_processes,
+    seed_everything,
+    setup_distributed,
+)
 from fmdetect.training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec, band_name
+from fmdetect.training.masking_profile import profile_masking, profile_table
 from fmdetect.training.metrics import binary_metrics, json_safe
-from fmdetect.training.model import Backbone, Detector
+from fmdetect.training.model import Backbone, Detector, MaskedDetector
+from fmdetect.training.run_state import (
+    BEST_FILE,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_FILE,
+    METRICS_FILE,
+    STATE_VERSION,
+    THRESHOLD_METHOD,
+    check_resumable,
+    load_state,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    trim_metrics,
+)
+from fmdetect.training.schedule import PlateauSchedule
+from fmdetect.training.steps import Predictions, optimisation_step, predict
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoint"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-LAST_FILE = "last.pt"
-BEST_FILE = "best.pt"
-THRESHOLD_METHOD = "fpr_on_validation_real"
-STATE_VERSION = 1
-# Options that may differ between a run and its resumption: they do not change what an epoch computes.
-RESUMABLE_CHANGES = frozenset({"data", "out", "epochs", "max_steps", "epoch_steps", "workers", "device", "amp"})
 
 
 @dataclass(frozen=True)
@@ -188,197 +202,7 @@ class TrainConfig:
         return cls(**data)
 
 
-# ------------------------------------------------------------------------------------------------- schedule
-
-
-@dataclass
-class PlateauSchedule:
-    """The paper's learning-rate drops and early stopping on validation accuracy (Wang et al. 2020).
-
-    ``update(acc)`` after every epoch: the epoch improves when ``acc > best + min_delta``; after ``patience``
-    epochs in a row without improvement the rate is multiplied by ``factor`` and the count restarts; training
-    stops as soon as the rate reaches ``min_lr_ratio`` times the initial one (1e-4 -> 1e-5 -> stop at 1e-6).
-    The authors' code instead trains on at 1e-6 until one more plateau (and, by float rounding, at 1e-7).
-    """
-
-    initial_lr: float
-    patience: int = 5
-    min_delta: float = 0.001
-    factor: float = 0.1
-    min_lr_ratio: float = 0.01
-    lr: float = field(init=False)
-    best: float | None = None
-    bad_epochs: int = 0
-    stopped: bool = False
-
-    def __post_init__(self) -> None:
-        self.lr = self.initial_lr
-
-    def update(self, accuracy: float) -> bool:
-        """Record one epoch's validation accuracy; True when it improved."""
-        if self.stopped:
-            raise RuntimeError("the schedule has stopped")
-        if self.best is None or accuracy > self.best + self.min_delta:
-            self.best = accuracy
-            self.bad_epochs = 0
-            return True
-        self.bad_epochs += 1
-        if self.bad_epochs >= self.patience:
-            self.lr *= self.factor
-            self.bad_epochs = 0
-            # Relative slack: 1e-4 * 0.1 * 0.1 is 1.0000000000000002e-06 in floating point.
-            if self.lr <= self.initial_lr * self.min_lr_ratio * (1 + 1e-9):
-                self.stopped = True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "initial_lr": self.initial_lr,
-            "lr": self.lr,
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "stopped": self.stopped,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if abs(state["initial_lr"] - self.initial_lr) > 1e-12 * self.initial_lr:
-            raise ValueError(f"saved schedule starts at lr {state['initial_lr']}, this run at {self.initial_lr}")
-        self.lr, self.best = float(state["lr"]), state["best"]
-        self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
-
-
-# ---------------------------------------------------------------------------------------------- distribution
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a (torchrun) job; world_size 1 without one."""
-
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any.
-
-    One GPU per process (``cuda:LOCAL_RANK``) with NCCL; gloo on CPU.
-    """
-    device = resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1 and not dist.is_initialized():
-        return Distributed(), device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), owns_group=owns), device
-
-
-def _barrier(ctx: Distributed) -> None:
-    if ctx.active:
-        dist.barrier()
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of everything random in one epoch of one process."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-# ------------------------------------------------------------------------------------------------- the model
-
-
-class MaskedDetector(nn.Module):
-    """Training forward of a ``Detector``: normalise -> masking augmentation -> backbone -> logits (B,).
-
-    In the default domain the masks act on the normalised tensor, where the exported model's test-time FFT masks
-    act; in the pixel domains they act on 0..255 pixels before normalisation. ``generator`` is the masks' source
-    of randomness (set per epoch).
-    """
-
-    def __init__(self, detector: Detector, spec: MaskSpec) -> None:
-        super().__init__()
-        self.detector = detector
-        self.spec = spec
-        self.generator: torch.Generator | None = None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        if spec.domain is MaskDomain.NORMALISED:
-            x = spec.apply(self.detector.normalise(images), self.generator)
-        else:
-            x = self.detector.normalise(spec.apply(images.float(), self.generator))
-        return self.detector.backbone(x).reshape(-1)
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16)
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-
-
-def optimisation_step(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    amp: bool,
-) -> torch.Tensor:
-    """One training step: forward (autocast under AMP), BCE loss in fp32, backward, scaled optimiser step."""
-    with _autocast(device, amp):
-        logits = model(images)
-    loss = criterion(logits.float(), targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
-
-
-@torch.no_grad()
-def predict(
-    model: Detector, loader: DataLoader, device: torch.device, amp: bool = False
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``prob_fake``, labels and generator names of every item of ``loader`` (model in eval mode)."""
-    model.eval()
-    probs, labels, generators = [], [], []
-    for images, targets, gens in loader:
-        with _autocast(device, amp):
-            logits = model(images.to(device, non_blocking=True))
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(targets.numpy())
-        generators += list(gens)
-    if not probs:
-        return np.zeros(0), np.zeros(0, dtype=np.int64), []
-    return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64), generators
+# ------------------------------------------------------------------------------------------------ validation
 
 
 def scored_metrics(probs: np.ndarray, labels: np.ndarray, generators: list[str]) -> dict[str, Any]:
@@ -395,109 +219,85 @@ def scored_metrics(probs: np.ndarray, labels: np.ndarray, generators: list[str])
     return metrics
 
 
-def evaluate(
-    model: Detector, loader: DataLoader, device: torch.device, amp: bool = False
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Validation metrics at 0.5 (overall and per generator) and the raw probabilities and labels."""
-    probs, labels, generators = predict(model, loader, device, amp)
-    return scored_metrics(probs, labels, generators), probs, labels
-
-
-def evaluate_sharded(
+def validate(
     model: Detector,
     dataset: RealFakeDataset,
     config: TrainConfig,
     device: torch.device,
     amp: bool,
-    ctx: Distributed,
-) -> dict[str, Any]:
-    """``evaluate`` over the whole dataset, each process scoring every world_size-th item; all get the result."""
+    ctx: Distributed = Distributed(),
+) -> tuple[dict[str, Any], Predictions]:
+    """Validation metrics at 0.5 (overall and per generator) over the whole dataset, and its predictions; in a
+    job each process scores every world_size-th item and all get the gathered result."""
     if not ctx.active:
-        return evaluate(model, _loader(dataset, config, None), device, amp)[0]
+        pred = predict(model, dataset, config.batch_size, device, config.workers, amp, desc="validate")
+        return scored_metrics(pred.probs, pred.labels, pred.generators), pred
     shard = list(range(ctx.rank, len(dataset), ctx.world_size))
-    probs, labels, gens = predict(model, _loader(Subset(dataset, shard), config, None), device, amp)
+    part = predict(model, Subset(dataset, shard), config.batch_size, device, config.workers, amp, desc="validate")
     parts: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(parts, (shard, probs.tolist(), labels.tolist(), gens))
+    dist.all_gather_object(parts, (shard, part.logits.tolist(), part.labels.tolist(), part.generators, part.paths))
     order = np.argsort(np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]), kind="stable")
-    probs = np.concatenate([np.asarray(p[1], dtype=np.float64) for p in parts])[order]
-    labels = np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts])[order]
     gens = [g for p in parts for g in p[3]]
-    return scored_metrics(probs, labels, [gens[i] for i in order])
+    paths = [path for p in parts for path in p[4]]
+    pred = Predictions(
+        np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts])[order],
+        np.concatenate([np.asarray(p[2], dtype=np.int64) for p in parts])[order],
+        [gens[i] for i in order],
+        [paths[i] for i in order],
+        part.model_seconds,
+    )
+    return scored_metrics(pred.probs, pred.labels, pred.generators), pred
 
 
-def _loader(
-    dataset: Any, config: TrainConfig, sampler: DistributedSampler | None, drop_last: bool = False
-) -> DataLoader:
+# ------------------------------------------------------------------------------------------------- training
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+    ctx: Distributed,
+    epoch: int,
+    step: int,
+    config: TrainConfig,
+) -> tuple[float, int]:
+    """One pass over ``loader`` (cut short by ``--epoch-steps`` / ``--max-steps``); returns the mean training loss
+    over every process and the optimiser step count after it."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    batches = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None if ctx.is_main else True)
+    for images, targets, _ in bar:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loss = optimisation_step(model, images, targets, criterion, optimizer, scaler, device, amp)
+        loss_sum += loss.detach()
+        batches += 1
+        step += 1
+        if ctx.is_main and batches % 10 == 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (config.epoch_steps is not None and batches >= config.epoch_steps) or (
+            config.max_steps is not None and step >= config.max_steps
+        ):
+            break
+    return mean_over_processes(loss_sum, batches, ctx), step
+
+
+def _train_loader(dataset: RealFakeDataset, config: TrainConfig, sampler: DistributedSampler) -> DataLoader:
     # Workers are created anew every epoch so that they see the dataset's current epoch (augmentation seed).
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
         shuffle=False,
-        drop_last=drop_last,
+        drop_last=len(sampler) > config.batch_size,
         num_workers=config.workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
-
-
-# ------------------------------------------------------------------------------------------------ run state
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save through a temporary file, so a crash never leaves a half-written state."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """A ``last.pt`` / ``best.pt`` file: tensors and plain containers only (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    """Raise ValueError when ``config`` changes an option that defines the training saved in ``saved``."""
-    current = config.to_dict()
-    changed = sorted(
-        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
-    )
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"{config.out / LAST_FILE} was trained with other options ({diff}); use the same "
-            f"options, another --out, or --restart. Options that may change: {sorted(RESUMABLE_CHANGES)}"
-        )
-
-
-# ------------------------------------------------------------------------------------------------- training
 
 
 def train(config: TrainConfig, restart: bool = False) -> Path:
@@ -522,7 +322,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
     last_path = out / LAST_FILE
     state = None if restart or not last_path.is_file() else load_state(last_path)
     if state is not None:
-        check_resumable(state["config"], config)
+        check_resumable(state["config"], config.to_dict(), last_path)
         if state["world_size"] != ctx.world_size:
             raise ValueError(
                 f"{last_path} was trained by {state['world_size']} processes, this run has "
@@ -540,15 +340,15 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        _trim_metrics(out / METRICS_FILE, 0 if state is None else state["epoch"])
+        trim_metrics(out / METRICS_FILE, 0 if state is None else state["epoch"])
         for stale in (BEST_FILE, LAST_FILE):
             if state is None and (out / stale).exists():
                 (out / stale).unlink()
-    _barrier(ctx)
+    barrier(ctx)
     sampler = DistributedSampler(
         train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
     )
-    train_loader = _loader(train_set, config, sampler, drop_last=len(sampler) > config.batch_size)
+    train_loader = _train_loader(train_set, config, sampler)
 
     size = (config.image_size, config.image_size)
     metadata = DetectorMetadata(backbone=config.backbone.value, input_size=size, fft_stage=FFTStageConfig(masks=0))
@@ -577,7 +377,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
             scaler.load_state_dict(state["scaler"])
         schedule.load_state_dict(state["schedule"])
         first_epoch, step, best = int(state["epoch"]), int(state["step"]), state["best"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         logger.info(
             "resuming %s after epoch %d (step %d, lr %.3g, best epoch %s)",
             out,
@@ -611,29 +411,13 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         net.generator = mask_generator
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        batches = 0
-        bar = tqdm(
-            train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None if ctx.is_main else True
+        train_loss, step = train_one_epoch(
+            model, train_loader, criterion, optimizer, scaler, device, amp, ctx, epoch, step, config
         )
-        for images, targets, _ in bar:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            loss = optimisation_step(model, images, targets, criterion, optimizer, scaler, device, amp)
-            loss_sum += loss.detach()
-            batches += 1
-            step += 1
-            if ctx.is_main and batches % 10 == 1:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (config.epoch_steps is not None and batches >= config.epoch_steps) or (
-                config.max_steps is not None and step >= config.max_steps
-            ):
-                break
-        train_loss = _mean_over_processes(loss_sum, batches, ctx)
         if ctx.active:  # BatchNorm statistics of rank 0, which DDP broadcasts, everywhere
             for buffer in detector.buffers():
                 dist.broadcast(buffer, 0)
-        val = evaluate_sharded(detector, val_set, config, device, amp, ctx)
+        val, _ = validate(detector, val_set, config, device, amp, ctx)
         epoch_lr = schedule.lr
         improved = None
         if config.early_stopping:
@@ -654,10 +438,12 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         }
         if ctx.is_main:
             if is_best:
-                _save({"epoch": epoch + 1, "val_acc": val["acc"], "model": detector.state_dict()}, out / BEST_FILE)
+                save_atomic(
+                    {"epoch": epoch + 1, "val_acc": val["acc"], "model": detector.state_dict()}, out / BEST_FILE
+                )
             with (out / METRICS_FILE).open("a") as fh:
                 fh.write(json.dumps(json_safe(record)) + "\n")
-            _save(
+            save_atomic(
                 {
                     "version": STATE_VERSION,
                     "config": config.to_dict(),
@@ -669,7 +455,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
                     "schedule": schedule.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                 },
                 last_path,
             )
@@ -687,26 +473,12 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         if config.max_steps is not None and step >= config.max_steps:
             logger.info("reached max_steps=%d", config.max_steps)
 
-    _barrier(ctx)
+    barrier(ctx)
     checkpoint = out / CHECKPOINT_DIR
     if ctx.is_main:
         checkpoint = _finish(config, detector, metadata, val_set, device, amp, ctx, step, start)
-    _barrier(ctx)
+    barrier(ctx)
     return checkpoint
-
-
-def _mean_over_processes(loss_sum: torch.Tensor, batches: int, ctx: Distributed) -> float:
-    totals = torch.stack([loss_sum.double(), torch.tensor(float(batches), dtype=torch.float64, device=loss_sum.device)])
-    if ctx.active:
-        dist.all_reduce(totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
-
-
-def _trim_metrics(path: Path, epochs: int) -> None:
-    """Keep the metric lines of the first ``epochs`` epochs (all of a finished state; none on a fresh start)."""
-    lines = path.read_text().splitlines() if path.is_file() and epochs > 0 else []
-    kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _finish(
@@ -723,7 +495,8 @@ def _finish(
     """Rank 0: reload the best epoch, calibrate its threshold on validation reals, write the checkpoint."""
     best = load_state(config.out / BEST_FILE)
     detector.load_state_dict(best["model"])
-    val, probs, labels = evaluate(detector, _loader(val_set, config, None), device, amp)
+    val, pred = validate(detector, val_set, config, device, amp)
+    probs, labels = pred.probs, pred.labels
     real_probs = probs[labels == 0]
     threshold = threshold_at_fpr(real_probs, config.target_fpr)
     calibrated = binary_metrics(probs, labels, threshold)
@@ -757,111 +530,6 @@ def _finish(
     )
     detector.metadata = metadata
     return save_checkpoint(copy.deepcopy(detector).cpu(), config.out / CHECKPOINT_DIR, metadata)
-
-
-# ------------------------------------------------------------------------------------------------ profiling
-
-PROFILED_MASKS = (
-    ("none", MaskSpec(kind=MaskKind.NONE)),
-    ("frequency all 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15)),
-    ("frequency low+mid 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="low+mid", ratio=0.15)),
-    ("frequency all 15% per channel", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15, per_channel=True)),
-    ("frequency legacy all 15%", MaskSpec(kind=MaskKind.FREQUENCY, band="all", ratio=0.15, layout="legacy")),
-    ("dct all 15%", MaskSpec(kind=MaskKind.DCT, band="all", ratio=0.15)),
-    ("wavelet all 15%", MaskSpec(kind=MaskKind.WAVELET, band="all", ratio=0.15)),
-    ("pixel 15%", MaskSpec(kind=MaskKind.PIXEL, ratio=0.15)),
-    ("patch 15%", MaskSpec(kind=MaskKind.PATCH, ratio=0.15)),
-    ("frequency all 15% + rotate/translate", MaskSpec(kind=MaskKind.FREQUENCY, ratio=0.15, rotate=15, translate=0.1)),
-)
-
-
-def _timed(fn: Any, device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds (synchronised on CUDA)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: int = 20) -> list[dict[str, Any]]:
-    """Cost of masking against a whole training step (forward, backward, AdamW) on random images.
-
-    Per masking kind: the median time of mask generation + application on the normalised batch, and its share
-    of (step without masking + masking). The configured masking is also timed inside a real step.
-    """
-    device = resolve_device(config.device)
-    amp = config.amp and device.type == "cuda"
-    seed_everything(config.seed)
-    size = (config.image_size, config.image_size)
-    detector = Detector(
-        DetectorMetadata(backbone=config.backbone.value, input_size=size), pretrained=config.pretrained
-    ).to(device)
-    images = torch.randint(0, 256, (config.batch_size, 3, *size), dtype=torch.uint8, device=device)
-    targets = (torch.arange(config.batch_size, device=device) % 2).float()
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    criterion = nn.BCEWithLogitsLoss()
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-
-    def step_with(spec: MaskSpec) -> None:
-        net = MaskedDetector(detector, spec).train()
-        net.generator = generator
-        optimisation_step(net, images, targets, criterion, optimizer, scaler, device, amp)
-
-    none = MaskSpec(kind=MaskKind.NONE)
-    step_with(none)  # warm-up
-    plain = _timed(lambda: step_with(none), device, step_repeats)
-    configured = config.mask_spec
-    step_with(configured)
-    full = _timed(lambda: step_with(configured), device, step_repeats)
-    normalised = detector.normalise(images)
-    pixels = images.float()
-    rows = []
-    for name, spec in (*PROFILED_MASKS, ("configured: " + _describe(configured), configured)):
-        x = normalised if spec.domain is MaskDomain.NORMALISED else pixels
-        with torch.no_grad():
-            spec.apply(x, generator)
-            seconds = _timed(lambda: spec.apply(x, generator), device, mask_repeats)
-        rows.append(
-            {
-                "masking": name,
-                "mask_ms": 1e3 * seconds,
-                "step_ms": 1e3 * (plain + seconds),
-                "share": seconds / (plain + seconds),
-            }
-        )
-    rows.append(
-        {"masking": "measured step with the configured masking", "mask_ms": None, "step_ms": 1e3 * full, "share": None}
-    )
-    logger.info(
-        "masking cost: %s %dpx batch %d on %s (amp %s); step without masking %.1f ms",
-        config.backbone.value,
-        config.image_size,
-        config.batch_size,
-        device,
-        amp,
-        1e3 * plain,
-    )
-    return rows
-
-
-def _describe(spec: MaskSpec) -> str:
-    return f"{spec.kind.value} {spec.band} {spec.ratio:g} {spec.layout.value}"
-
-
-def _profile_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| masking | mask ms | step ms | mask share |", "| --- | ---: | ---: | ---: |"]
-    for r in rows:
-        mask = "" if r["mask_ms"] is None else f"{r['mask_ms']:.2f}"
-        share = "" if r["share"] is None else f"{100 * r['share']:.2f} %"
-        lines.append(f"| {r['masking']} | {mask} | {r['step_ms']:.1f} | {share} |")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -1043,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = config_from_args(args)
         if args.profile_masking:
-            print(_profile_table(profile_masking(config)))
+            print(profile_table(profile_masking(config)))
             return 0
         checkpoint = train(config, restart=args.restart)
     except (ValueError, FileNotFoundError) as exc:
