@@ -54,7 +54,7 @@ def tiny(data: Path, out: Path, **changes) -> TrainConfig:
         mask_band="low+mid",
         mask_ratio=0.3,
     )
-    return TrainConfig(**{**options, **changes})
+    return TrainConfig.from_dict({**options, **changes})
 
 
 # --------------------------------------------------------------------------------------------------- schedule
@@ -218,7 +218,9 @@ def test_ddp_two_processes_on_cpu_write_a_loadable_checkpoint(small_dataset: Pat
 
 
 def test_profile_masking_reports_shares(tmp_path: Path, one_thread) -> None:
-    config = TrainConfig(data=tmp_path, out=tmp_path, image_size=32, batch_size=4, device="cpu", mask="dct")
+    config = TrainConfig.from_dict(
+        {"data": tmp_path, "out": tmp_path, "image_size": 32, "batch_size": 4, "device": "cpu", "mask": "dct"}
+    )
     rows = profile_masking(config, step_repeats=1, mask_repeats=2)
     names = [r["masking"] for r in rows]
     assert "frequency all 15%" in names and "patch 15%" in names and any("configured: dct" in n for n in names)

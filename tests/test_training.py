@@ -205,13 +205,33 @@ def test_training_help_shows_every_default() -> None:
     options = " ".join(get_args_parser().format_help().split()).split("options:", 1)[1]
     for flag, default in (
         ("--epochs", TrainConfig.epochs),
-        ("--mask-ratio", TrainConfig.mask_ratio),
+        ("--mask-ratio", MaskSpec.ratio),
         ("--lr", TrainConfig.lr),
         ("--image-size", TrainConfig.image_size),
         ("--pretrained,", TrainConfig.pretrained),
     ):
         described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]  # --pretrained, --no-pretrained: ...
         assert f"(default: {default})" in described, (flag, described)
+
+
+def test_flag_defaults_are_the_dataclasses_defaults() -> None:
+    """One declaration per option: every flag's default is ``TrainConfig``'s (``MaskSpec``'s for ``--mask-*``),
+    and the flat form round-trips."""
+    from fmdetect.training.train import get_args_parser, option_defaults
+
+    parsed = vars(get_args_parser().parse_args([]))
+    defaults = option_defaults()
+    assert set(defaults) <= set(parsed)
+    assert {k: parsed[k] for k in defaults} == defaults
+    assert (
+        defaults["mask_ratio"] == MaskSpec().ratio
+        and defaults["workers"] == TrainConfig.__dataclass_fields__["workers"].default_factory()
+    )
+    config = TrainConfig.from_dict({"data": "d", "out": "o", "mask": "patch", "mask_ratio": 0.3, "mask_prob": 0.5})
+    assert config.masking == MaskSpec(kind="patch", ratio=0.3, probability=0.5)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "mask_strength": 1})
 
 
 def test_training_transforms_pad_crop_blur_jpeg() -> None:
@@ -238,19 +258,21 @@ def test_training_transforms_pad_crop_blur_jpeg() -> None:
 def trained(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run directory of a real short training on the small build (64 px, frequency masking)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    config = TrainConfig(
-        data=small_dataset,
-        out=run,
-        backbone="efficientnet_lite0",
-        pretrained=True,
-        image_size=64,
-        epochs=TRAIN_EPOCHS,
-        batch_size=32,
-        mask="frequency",
-        mask_ratio=0.15,
-        seed=0,
-        target_fpr=0.05,
-        workers=0,
+    config = TrainConfig.from_dict(
+        dict(
+            data=small_dataset,
+            out=run,
+            backbone="efficientnet_lite0",
+            pretrained=True,
+            image_size=64,
+            epochs=TRAIN_EPOCHS,
+            batch_size=32,
+            mask="frequency",
+            mask_ratio=0.15,
+            seed=0,
+            target_fpr=0.05,
+            workers=0,
+        )
     )
     assert train(config) == run / CHECKPOINT_DIR
     return run

@@ -78,7 +78,7 @@ def profile_masking(config: TrainConfig, step_repeats: int = 3, mask_repeats: in
     none = MaskSpec(kind=MaskKind.NONE)
     step_with(none)  # warm-up
     plain = timed(lambda: step_with(none), device, step_repeats)
-    configured = config.mask_spec
+    configured = config.masking
     step_with(configured)
     full = timed(lambda: step_with(configured), device, step_repeats)
     normalised = detector.normalise(images)

@@ -44,7 +44,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from fmdetect.core.metadata import Band, DetectorMetadata, FFTStageConfig, Threshold
+from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig, Threshold
 from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
 from fmdetect.training.checkpoint import save_checkpoint
 from fmdetect.training.data import Augment, RealFakeDataset
@@ -70,7 +70,7 @@ from fmdetect.training.distributed import (
     seed_everything,
     setup_distributed,
 )
-from fmdetect.training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec, band_name
+from fmdetect.training.masking import BandLayout, MaskDomain, MaskKind, MaskSpec
 from fmdetect.training.masking_profile import profile_masking, profile_table
 from fmdetect.training.metrics import binary_metrics, json_safe
 from fmdetect.training.model import Backbone, Detector, MaskedDetector
@@ -95,6 +95,26 @@ from fmdetect.training.steps import Predictions, optimisation_step, predict
 logger = logging.getLogger(__name__)
 
 
+# The masking options' flat names (``--mask-*`` flags, keys of config.json) -> ``MaskSpec`` fields.
+MASK_KEYS = {
+    "kind": "mask",
+    "band": "mask_band",
+    "ratio": "mask_ratio",
+    "per_channel": "mask_per_channel",
+    "probability": "mask_prob",
+    "layout": "mask_layout",
+    "patch_size": "mask_patch_size",
+    "rotate": "mask_rotate",
+    "translate": "mask_translate",
+    "domain": "mask_domain",
+}
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: half the cores, at most 4 (0 loads in the main process)."""
+    return min(4, (os.cpu_count() or 1) // 2)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Resolved training configuration; written to ``OUT/config.json``, ``last.pt`` and the checkpoint metadata.
@@ -117,16 +137,7 @@ class TrainConfig:
     min_delta: float = 0.001
     lr_factor: float = 0.1
     min_lr_ratio: float = 0.01
-    mask: MaskKind = MaskKind.FREQUENCY
-    mask_band: str = Band.ALL.value
-    mask_ratio: float = 0.15
-    mask_per_channel: bool = False
-    mask_prob: float = 1.0
-    mask_layout: BandLayout = BandLayout.RADIAL
-    mask_patch_size: int = 16
-    mask_rotate: float = 0.0
-    mask_translate: float = 0.0
-    mask_domain: MaskDomain = MaskDomain.NORMALISED
+    masking: MaskSpec = field(default_factory=MaskSpec)  # flags and saved keys: MASK_KEYS
     blur_prob: float = 0.1
     jpeg_prob: float = 0.1
     seed: int = 0
@@ -135,7 +146,7 @@ class TrainConfig:
     epoch_steps: int | None = None
     train_split: str = "training"
     val_split: str = "validation"
-    workers: int = 0
+    workers: int = field(default_factory=default_workers)
     device: str = "auto"
     amp: bool = True
 
@@ -143,10 +154,8 @@ class TrainConfig:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "backbone", Backbone(self.backbone))
-        object.__setattr__(self, "mask", MaskKind(self.mask))
-        object.__setattr__(self, "mask_band", band_name(self.mask_band))
-        object.__setattr__(self, "mask_layout", BandLayout(self.mask_layout))
-        object.__setattr__(self, "mask_domain", MaskDomain(self.mask_domain))
+        if isinstance(self.masking, dict):
+            object.__setattr__(self, "masking", MaskSpec(**self.masking))
         if self.weights_path is not None:
             object.__setattr__(self, "weights_path", Path(self.weights_path))
         if self.pretrained and self.backbone is Backbone.RESNET50 and self.weights_path is None:
@@ -164,42 +173,39 @@ class TrainConfig:
             raise ValueError(f"target_fpr must be in [0, 1], got {self.target_fpr}")
         if self.patience < 1 or not 0.0 < self.lr_factor < 1.0 or not 0.0 < self.min_lr_ratio < 1.0:
             raise ValueError("patience must be >= 1, lr_factor and min_lr_ratio in (0, 1)")
-        _ = self.mask_spec  # validates the masking options
-
-    @property
-    def mask_spec(self) -> MaskSpec:
-        return MaskSpec(
-            kind=self.mask,
-            band=self.mask_band,
-            ratio=self.mask_ratio,
-            per_channel=self.mask_per_channel,
-            probability=self.mask_prob,
-            layout=self.mask_layout,
-            patch_size=self.mask_patch_size,
-            rotate=self.mask_rotate,
-            translate=self.mask_translate,
-            domain=self.mask_domain,
-        )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: paths as strings, enums as their values."""
-
-        def plain(value: Any) -> Any:
-            if isinstance(value, Enum):
-                return value.value
-            if isinstance(value, Path):
-                return str(value)
-            return value
-
-        return {key: plain(value) for key, value in asdict(self).items()}
+        """JSON-ready and flat (the masking options under their ``MASK_KEYS`` names): paths as strings, enums as
+        their values. What ``config.json``, ``last.pt`` and the checkpoint metadata hold."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "masking"}
+        values.update({key: getattr(self.masking, name) for name, key in MASK_KEYS.items()})
+        return {key: _plain(value) for key, value in values.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
+        """The configuration of ``to_dict``'s flat form (a saved ``config.json``, or flag values)."""
+        names = {key: name for name, key in MASK_KEYS.items()}
+        known = {f.name for f in fields(cls)} - {"masking"} | set(names)
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        masking = MaskSpec(**{names[k]: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k not in names}, masking=masking)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every option's default under its flat name, from the dataclasses (``TrainConfig``, and ``MaskSpec`` for
+    the ``--mask-*`` flags): the one place defaults are declared; the flags take theirs from here."""
+    config = TrainConfig(data=Path("."), out=Path("."))
+    return {key: value for key, value in config.to_dict().items() if key not in ("data", "out")}
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -358,7 +364,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
         pretrained=config.pretrained,
         weights_path=None if config.weights_path is None else str(config.weights_path),
     ).to(device)
-    net = MaskedDetector(detector, config.mask_spec)
+    net = MaskedDetector(detector, config.masking)
     model: nn.Module = net
     if ctx.active:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -398,7 +404,7 @@ def _train(config: TrainConfig, ctx: Distributed, device: torch.device, restart:
             len(train_set),
             len(val_set),
             lr,
-            config.mask_spec,
+            config.masking,
         )
 
     for epoch in range(first_epoch, config.epochs):
@@ -540,6 +546,7 @@ def _choices(enum: type[Enum]) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    defaults = option_defaults()
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description=__doc__.splitlines()[0],
@@ -568,96 +575,144 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and train from scratch")
     parser.add_argument(
-        "--backbone", default=Backbone.EFFICIENTNET_LITE0.value, choices=_choices(Backbone), help="classifier backbone"
+        "--backbone", default=defaults["backbone"], choices=_choices(Backbone), help="classifier backbone"
     )
     parser.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=defaults["pretrained"],
         help="start from ImageNet weights (efficientnet_lite0's ship offline; ResNet-50 needs a local weights file)",
     )
-    parser.add_argument("--weights-path", type=Path, default=None, help="local ImageNet weights for the backbone")
-    parser.add_argument("--image-size", type=int, default=128, help="input size (square) in pixels")
-    parser.add_argument("--epochs", type=int, default=10, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size per process")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate per process (x world size)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    parser.add_argument(
+        "--weights-path", type=Path, default=defaults["weights_path"], help="local ImageNet weights for the backbone"
+    )
+    parser.add_argument("--image-size", type=int, default=defaults["image_size"], help="input size (square) in pixels")
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="batch size per process")
+    parser.add_argument(
+        "--lr", type=float, default=defaults["lr"], help="AdamW learning rate per process (x world size)"
+    )
+    parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay")
     parser.add_argument(
         "--no-early-stopping",
         dest="early_stopping",
         action="store_false",
+        default=defaults["early_stopping"],
         help="constant learning rate for --epochs epochs instead of the paper's plateau schedule "
         "(plateau schedule used: %(default)s)",
     )
-    parser.add_argument("--patience", type=int, default=5, help="epochs without improvement before the lr drops")
     parser.add_argument(
-        "--min-delta", type=float, default=0.001, help="validation accuracy gain that counts as an improvement"
+        "--patience", type=int, default=defaults["patience"], help="epochs without improvement before the lr drops"
     )
-    parser.add_argument("--lr-factor", type=float, default=0.1, help="lr multiplier on a plateau")
     parser.add_argument(
-        "--min-lr-ratio", type=float, default=0.01, help="stop once the lr reaches this fraction of the initial lr"
+        "--min-delta",
+        type=float,
+        default=defaults["min_delta"],
+        help="validation accuracy gain that counts as an improvement",
+    )
+    parser.add_argument("--lr-factor", type=float, default=defaults["lr_factor"], help="lr multiplier on a plateau")
+    parser.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=defaults["min_lr_ratio"],
+        help="stop once the lr reaches this fraction of the initial lr",
     )
     parser.add_argument(
         "--mask",
-        default=MaskKind.FREQUENCY.value,
+        default=defaults["mask"],
         choices=_choices(MaskKind),
         help="training-time masking augmentation",
     )
     parser.add_argument(
         "--mask-band",
-        default=Band.ALL.value,
+        default=defaults["mask_band"],
         help="band of the masked coefficients: all, low, mid, high or a combination like low+mid",
     )
     parser.add_argument(
         "--mask-ratio",
         type=float,
-        default=0.15,
+        default=defaults["mask_ratio"],
         help="fraction of each band's coefficients (of the pixels, of the patches) masked",
     )
-    parser.add_argument("--mask-per-channel", action="store_true", help="an independent mask per colour channel")
-    parser.add_argument("--mask-prob", type=float, default=1.0, help="fraction of training samples masked")
+    parser.add_argument(
+        "--mask-per-channel",
+        action="store_true",
+        default=defaults["mask_per_channel"],
+        help="an independent mask per colour channel",
+    )
+    parser.add_argument(
+        "--mask-prob", type=float, default=defaults["mask_prob"], help="fraction of training samples masked"
+    )
     parser.add_argument(
         "--mask-layout",
-        default=BandLayout.RADIAL.value,
+        default=defaults["mask_layout"],
         choices=_choices(BandLayout),
         help="bands by frequency radius, or the authors' legacy rectangles",
     )
-    parser.add_argument("--mask-patch-size", type=int, default=16, help="patch side in pixels (--mask patch)")
-    parser.add_argument("--mask-rotate", type=float, default=0.0, help="max random rotation (degrees) after masking")
     parser.add_argument(
-        "--mask-translate", type=float, default=0.0, help="max random translation (fraction of the size) after masking"
+        "--mask-patch-size", type=int, default=defaults["mask_patch_size"], help="patch side in pixels (--mask patch)"
+    )
+    parser.add_argument(
+        "--mask-rotate", type=float, default=defaults["mask_rotate"], help="max random rotation (degrees) after masking"
+    )
+    parser.add_argument(
+        "--mask-translate",
+        type=float,
+        default=defaults["mask_translate"],
+        help="max random translation (fraction of the size) after masking",
     )
     parser.add_argument(
         "--mask-domain",
-        default=MaskDomain.NORMALISED.value,
+        default=defaults["mask_domain"],
         choices=_choices(MaskDomain),
         help="mask the normalised tensor, or 0..255 pixels clipped (pixels) or wrapped like the "
         "authors' uint8 cast (pixels-wrap)",
     )
-    parser.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur (sigma 0..3)")
-    parser.add_argument("--jpeg-prob", type=float, default=0.1, help="probability of JPEG re-compression (q 30..100)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order, augmentation, masks")
+    parser.add_argument(
+        "--blur-prob", type=float, default=defaults["blur_prob"], help="probability of Gaussian blur (sigma 0..3)"
+    )
+    parser.add_argument(
+        "--jpeg-prob", type=float, default=defaults["jpeg_prob"], help="probability of JPEG re-compression (q 30..100)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults["seed"], help="seed of initialisation, order, augmentation, masks"
+    )
     parser.add_argument(
         "--target-fpr",
         type=float,
-        default=0.05,
+        default=defaults["target_fpr"],
         help="false-positive rate on validation real images that the threshold is set for",
     )
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in all")
     parser.add_argument(
-        "--epoch-steps", type=int, default=None, help="at most this many optimiser steps per epoch (quick runs)"
+        "--max-steps", type=int, default=defaults["max_steps"], help="stop after this many optimiser steps in all"
     )
-    parser.add_argument("--train-split", default="training", help="folder of the training split under --data")
-    parser.add_argument("--val-split", default="validation", help="folder of the validation split under --data")
+    parser.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=defaults["epoch_steps"],
+        help="at most this many optimiser steps per epoch (quick runs)",
+    )
+    parser.add_argument(
+        "--train-split", default=defaults["train_split"], help="folder of the training split under --data"
+    )
+    parser.add_argument(
+        "--val-split", default=defaults["val_split"], help="folder of the validation split under --data"
+    )
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(4, (os.cpu_count() or 1) // 2),
+        default=defaults["workers"],
         help="DataLoader worker processes per process (0: load in the main process)",
     )
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (torchrun: one GPU per rank)")
     parser.add_argument(
-        "--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA (it is never used on CPU)"
+        "--device", default=defaults["device"], help="torch device: auto, cpu, cuda (torchrun: one GPU per rank)"
+    )
+    parser.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        default=defaults["amp"],
+        help="no mixed precision on CUDA (it is never used on CPU)",
     )
     parser.add_argument(
         "--profile-masking",
