@@ -70,3 +70,51 @@ def test_the_table_has_no_circle() -> None:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in allowed.get(start, ()))
 
     assert not [p for p in allowed if reaches(p, p)]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every project module -> the project modules it imports (anywhere in it, ``TYPE_CHECKING`` blocks aside)."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "fmdetect"}
+    files = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(("fmdetect", *parts)).removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        tree = ast.parse(path.read_text(), str(path))
+        for top in tree.body:
+            if isinstance(top, ast.If) and "TYPE_CHECKING" in ast.unparse(top.test):
+                continue
+            for node in ast.walk(top):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    targets.add(node.module)
+                    targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+                elif isinstance(node, ast.Import):
+                    targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """Module by module, not only package by package: no import circle (e.g. the watchdog and the server, the
+    masking profile and the training script)."""
+    graph = _module_graph()
+    assert "fmdetect.serving.watchdog" in graph and graph["fmdetect.serving.watchdog"]  # the graph is read
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                circles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles
