@@ -114,6 +114,25 @@ def test_results_store_completes_the_ablation_on_another_machine(
     assert report["builds"] == [ablation.benchmark_fingerprint(small_dataset)]
 
 
+def test_stored_only_reports_what_the_store_holds_and_trains_nothing(
+    ablation_out: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """``--stored-only`` with a seed the store lacks: that run is left out, the others are reported as stored."""
+    store = tmp_path / "store"
+    store.mkdir()
+    for record in (ablation_out / "store").glob("*/seed*.json"):
+        if record.name == "seed0.json" or record.parent.name == "none":  # the reference's seed 1 is missing
+            (store / record.parent.name).mkdir(exist_ok=True)
+            (store / record.parent.name / record.name).write_text(record.read_text())
+    out = tmp_path / "report"
+    assert ablation.main([*_args(small_dataset, out, store), "--stored-only"]) == 0
+    assert not (out / "runs").exists()
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["seeds_per_config"] == {"none": [0, 1], ablation.REFERENCE: [0]}
+    assert report["configs"]["none"] == json.loads((ablation_out / "ablation.json").read_text())["configs"]["none"]
+    assert report["configs"][ablation.REFERENCE]["seeds"] == 1
+
+
 def test_results_store_refuses_another_benchmark_or_other_flags(ablation_out: Path, small_dataset: Path) -> None:
     store = ablation_out / "store"
     masking = next(c for c in ablation.CONFIGS if c.name == "none")

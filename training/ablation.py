@@ -83,6 +83,7 @@ class AblationConfig:
     results: Path | None = RESULTS_STORE
     benchmark: str = ""  # benchmark_identity(data): the key of stored runs
     build: str = ""  # benchmark_fingerprint(data): which draw of it this machine has
+    stored_only: bool = False  # report the runs the store holds; train nothing
 
 
 def _run(args: list[str]) -> None:
@@ -317,7 +318,7 @@ def plot(rows: dict, configs: tuple[MaskingConfig, ...], path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0.3, 1.0)
     ax.set_title("AP per testing family", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("Training-time masking, mean ± std over seeds", fontsize=10)
     fig.tight_layout()
@@ -348,19 +349,27 @@ def run(cfg: AblationConfig) -> dict:
             print(
                 f"[{done}/{total}] {masking.name}, seed {seed} ({time.monotonic() - start:.0f} s elapsed)", flush=True
             )
-            results.setdefault(masking.name, []).append(train_and_evaluate(cfg, masking, seed))
-    rows = summarise(cfg, results)
+            if cfg.stored_only:
+                metrics = stored_metrics(cfg, masking, seed)
+                if metrics is None:
+                    print("    not in the store: left out (--stored-only)", flush=True)
+                    continue
+            else:
+                metrics = train_and_evaluate(cfg, masking, seed)
+            results.setdefault(masking.name, []).append((seed, metrics))
+    rows = summarise(cfg, {name: [m for _, m in runs] for name, runs in results.items()})
     builds = sorted(
         {(stored_record(cfg, m, seed) or {}).get("build") or cfg.build for m in cfg.configs for seed in cfg.seeds}
     )
     report = {
         "seen_families": list(cfg.seen_families),
         "seeds": list(cfg.seeds),
+        "seeds_per_config": {name: [seed for seed, _ in runs] for name, runs in results.items()},
         "train_flags": list(cfg.train_flags),
         "benchmark": cfg.benchmark,
         "builds": builds,
         "configs": rows,
-        "test_time_masking": test_time_masking(results),
+        "test_time_masking": test_time_masking({name: [m for _, m in runs] for name, runs in results.items()}),
     }
     (cfg.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     table = "\n\n".join(
@@ -406,6 +415,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "and the flags match (default: %(default)s, committed)",
     )
     p.add_argument("--no-results", action="store_true", help="neither read nor write the results store")
+    p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="report from the results store alone: train nothing, leave out the runs it lacks",
+    )
     return p
 
 
@@ -433,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         results=None if args.no_results else args.results,
         benchmark=benchmark_identity(args.data),
         build=benchmark_fingerprint(args.data),
+        stored_only=args.stored_only,
     )
     cfg.out.mkdir(parents=True, exist_ok=True)
     run(cfg)
