@@ -170,7 +170,7 @@ def scaling(
                 cluster.use(set(range(count)))
                 cluster.wait_for_pool(set(range(count)), timeout_s=30)
                 time.sleep(0.5)  # nginx's reload: new workers take the new calls
-                pids = [r.server.process.pid for r in cluster.replicas if r.running]
+                pids = [r.server.pid for r in cluster.replicas if r.running]
                 for level in concurrency:
                     row = measure_level(cluster.grpc_url, urls, payloads, level, policy, count, pids, model)
                     row.round = round_

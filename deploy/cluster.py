@@ -45,7 +45,7 @@ from string import Template
 from fmdetect.serving import procfs
 from fmdetect.serving.admin import AdminClient
 from fmdetect.serving.health import HealthStreak
-from fmdetect.serving.process import accepts, file_tail, free_port, signal_group, start_in_session, terminate_group
+from fmdetect.serving.process import accepts, file_tail, free_port, start_in_session, terminate_group
 from fmdetect.serving.tritonserver import SHM_DIR, RestrictedAPI, ServerConfig, ServerError, TritonServer
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Replica:
 
     @property
     def running(self) -> bool:
-        return self.server is not None and self.server.process is not None and self.server.process.poll() is None
+        return self.server is not None and self.server.running
 
 
 @dataclass(frozen=True)
@@ -598,17 +598,12 @@ class Cluster:
 
     def _save_state(self) -> None:
         """What a later launcher needs to clean up after this one if it dies without stopping."""
-        processes = [
-            [r.server.process.pid, "tritonserver"]
-            for r in self.replicas
-            if r.server is not None and r.server.process is not None
-        ]
+        footprints = [r.server.footprint() for r in self.replicas if r.server is not None]
+        processes = [[f["pid"], "tritonserver"] for f in footprints if f["pid"] is not None]
         if self.balancer is not None and self.balancer.process is not None:
             processes.append([self.balancer.process.pid, "nginx"])
-        workdirs = [str(self.workdir)] + [
-            str(r.server.workdir) for r in self.replicas if r.server is not None and r.server.workdir is not None
-        ]
-        shm_prefixes = [r.server.shm_prefix for r in self.replicas if r.server is not None]
+        workdirs = [str(self.workdir)] + [f["workdir"] for f in footprints if f["workdir"] is not None]
+        shm_prefixes = [f["shm_prefix"] for f in footprints]
         state = {
             "id": self.id,
             "pid": os.getpid(),
@@ -631,9 +626,9 @@ class Cluster:
         """Kill a replica's whole process group (a crash, with the default SIGKILL) and clean up after it."""
         replica = self.replicas[index]
         server = replica.server
-        if server is None or server.process is None:
+        if server is None or server.pid is None:
             raise ClusterError(f"replica {replica.name} is not running")
-        signal_group(server.process, signum)
+        server.signal(signum)
         server.stop()
         replica.server = None
         self._save_state()

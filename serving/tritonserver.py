@@ -465,6 +465,30 @@ class TritonServer:
             self._terminate()
             self._cleanup()
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process is up (it may still be starting)."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (the leader of its process group), or None when not started."""
+        return None if self.process is None else self.process.pid
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the server's whole process group (its python stubs included)."""
+        if self.process is not None:
+            signal_group(self.process, signum)
+
+    def footprint(self) -> dict[str, object]:
+        """What is left to clean up if this launcher dies without stopping the server: the process group, the
+        served copy of the repository and the shared-memory prefix (``deploy.cluster``'s state file)."""
+        return {
+            "pid": self.pid,
+            "workdir": None if self.workdir is None else str(self.workdir),
+            "shm_prefix": self.shm_prefix,
+        }
+
     def shm_files(self) -> list[str]:
         """Shared-memory regions created by this server's python stubs."""
         return glob.glob(str(SHM_DIR / f"{self.shm_prefix}*"))
