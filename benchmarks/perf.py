@@ -429,7 +429,7 @@ def fft_stage_costs(metadata: DetectorMetadata, batch: int = 8, repeats: int = 2
     for impl in (FFTForm.DFT, FFTForm.MATMUL):
         stage = FFTStage(torch.from_numpy(masks), h, w, impl).eval()
         with torch.inference_mode():
-            results.append((f"torch {impl.value}", timed(lambda: stage(tx))))
+            results.append(("torch fft" if impl is FFTForm.DFT else "torch matmul", timed(lambda: stage(tx))))
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

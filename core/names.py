@@ -10,11 +10,14 @@ from __future__ import annotations
 ENSEMBLE = "deepfake_detector"  # what clients call
 PREPROCESS = "preprocess"  # encoded bytes -> uint8 crop
 FFT_STAGE = "fft_stage"  # the CuPy FFT stage (gpu-cupy target only)
+VALIDATE = "validate"  # GPU decoding (--decode dali): checks the encoded bytes on the CPU, per request
+DECODE = "decode"  # GPU decoding: encoded bytes -> uint8 crop, a DALI pipeline (nvJPEG)
 DETECTOR = "detector"  # crop (or masked views) -> logit, probability, decision
 
 # Tensors.
 IMAGE_BYTES = "IMAGE_BYTES"  # the ensemble's input: one encoded image per row, BYTES
-IMAGE = "IMAGE"  # preprocess -> detector: uint8 (B, 3, H, W)
+IMAGE = "IMAGE"  # preprocess (or decode) -> detector: uint8 (B, 3, H, W)
+ENCODED = "ENCODED"  # validate -> decode: the checked bytes as uint8 (B, L), zero-padded to the longest
 MASKED = "MASKED"  # fft_stage -> detector, and the input of an engine exported without the FFT stage
 LOGIT = "LOGIT"
 PROB_FAKE = "PROB_FAKE"

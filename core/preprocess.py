@@ -84,6 +84,27 @@ class DecodeLimits:
             )
 
 
+def limits_from_parameters(params: dict[str, str]) -> DecodeLimits:
+    """The ``DecodeLimits`` a model config's string parameters ask for (``max_bytes``, ``max_pixels``,
+    ``max_jpeg_pixels_per_byte``, ``formats``; absent ones keep their defaults).
+
+    Raises:
+        ValueError: a value that is not a positive integer, or an unknown format; the message says which.
+    """
+    defaults = DecodeLimits()
+    values = {}
+    for key in ("max_bytes", "max_pixels", "max_jpeg_pixels_per_byte"):
+        raw = params.get(key, str(getattr(defaults, key)))
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            values[key] = 0
+        if values[key] < 1:
+            raise ValueError(f"parameter {key} must be a positive integer, got {raw!r}")
+    formats = tuple(f for f in params.get("formats", ",".join(defaults.formats)).split(",") if f.strip())
+    return DecodeLimits(**values, formats=formats)
+
+
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> HxWx3 uint8 RGB. Alpha is dropped, not composited."""
     mode = img.mode
@@ -196,6 +217,27 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             "truncated",
         )
     return img
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's last scan is followed by its end-of-image marker (a truncated file has none)."""
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) >= 0
+
+
+def check_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> str:
+    """Every check that needs no pixel decoded: size, format, header, pixel limits, and for a JPEG that it is
+    complete (an end-of-image marker after its last scan). Returns the format. What a decoder elsewhere (the GPU's)
+    is given only after this passed.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image` for the same bytes, without decoding.
+    """
+    with _decode_errors():
+        img = _open(data, limits)
+        if img.format in _JPEG_FORMATS and not _jpeg_complete(bytes(data)):
+            raise ImageDecodeError("truncated JPEG: no end-of-image marker after its last scan", "truncated")
+        return img.format
 
 
 def _upright_rgb(img: Image.Image, transpose: Image.Transpose | None) -> np.ndarray:

@@ -27,7 +27,7 @@ from fmdetect.export.fp16_numerics import add_fp16_numerics_args, run_fp16_numer
 from fmdetect.export.onnx_export import ExportConfig, Precision, export_onnx, read_onnx_metadata
 from fmdetect.export.tensorrt_engine import add_engine_args, build_engine, engine_config_from_args
 from fmdetect.export.trt_ops import add_trt_ops_args, run_trt_ops
-from fmdetect.triton_repo.layout import Target, check_fft_impl, write_repository
+from fmdetect.triton_repo.layout import Decode, Target, check_decode, check_fft_impl, write_repository
 
 logger = logging.getLogger("export")
 
@@ -65,6 +65,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_repo = verbs.add_parser("repo", help="write a complete Triton model repository for a target")
     onnx_options(p_repo)
     p_repo.add_argument("--target", default=Target.CPU.value, choices=_choices(Target))
+    p_repo.add_argument(
+        "--decode",
+        default=Decode.PYTHON.value,
+        choices=_choices(Decode),
+        help="where images are decoded: python (CPU, every target) or dali (validate on the CPU, then nvJPEG in "
+        "Triton's DALI backend; GPU targets, centre window only)",
+    )
     p_repo.add_argument("--out", required=True, type=Path, help="repository directory (replaced)")
     p_repo.add_argument(
         "--engine",
@@ -126,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fmdetect.core.metadata import DetectorMetadata
 
-        target = Target(args.target)
+        target, decode = Target(args.target), Decode(args.decode)
         metadata = DetectorMetadata.load(args.checkpoint)
+        check_decode(target, decode, metadata)  # before any export work
         if target.needs_engine:
             if args.engine is None:
                 print(
@@ -137,15 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if args.masks is not None:  # the K the engine was exported with
                 metadata = metadata.with_updates(fft_stage=replace(metadata.fft_stage, masks=args.masks))
-            write_repository(target, args.out, metadata, args.engine)
+            write_repository(target, args.out, metadata, args.engine, decode)
         else:
             check_fft_impl(target, args.fft_impl)  # e.g. gpu-ort + dft: ORT's CUDA EP has no DFT kernel
             with tempfile.TemporaryDirectory() as tmp:
                 artifact = Path(tmp) / "model.onnx"
                 _export(args, artifact)
                 # The repository carries the metadata as exported (e.g. with --masks applied).
-                write_repository(target, args.out, read_onnx_metadata(artifact), artifact)
-        print(f"wrote {target.value} repository {args.out}")
+                write_repository(target, args.out, read_onnx_metadata(artifact), artifact, decode)
+        print(f"wrote {target.value} repository {args.out}{' (GPU decoding: DALI)' if decode is Decode.DALI else ''}")
         return 0
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -39,9 +39,11 @@ from fmdetect.triton_repo.layout import (
     ENSEMBLE,
     MODELS,
     PYTHON_MODELS,
+    Decode,
     Target,
     artifact_fft_impl,
     check_fft_impl,
+    models,
     render_config,
     write_repository,
 )
@@ -421,20 +423,24 @@ def _parse(text: str):
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-@pytest.mark.parametrize("target", [t.value for t in Target])
+@pytest.mark.parametrize(
+    ("target", "decode"),
+    [(t.value, "python") for t in Target] + [(t.value, "dali") for t in Target if t.value != "cpu"],
+)
 @pytest.mark.parametrize("masks", [0, 3])
-def test_repository_configs_parse_and_wire_up(target, masks):
-    """Every model of every target parses with Triton's schema, and the ensemble's steps connect: each mapped
-    tensor exists on both sides with the same type and compatible dims."""
+def test_repository_configs_parse_and_wire_up(target, decode, masks):
+    """Every model of every target (and decoding) parses with Triton's schema, and the ensemble's steps connect:
+    each mapped tensor exists on both sides with the same type and compatible dims."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=masks))
-    configs = {model: _parse(render_config(model, target, metadata)) for model in MODELS[Target(target)]}
+    names = models(Target(target), Decode(decode))
+    configs = {model: _parse(render_config(model, target, metadata, decode)) for model in names}
     for model, config in configs.items():
         assert config.name == model and config.max_batch_size == 64
     ensemble = configs[ENSEMBLE]
     steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
-    assert steps == list(MODELS[Target(target)][1:])
+    assert steps == list(names[1:])
     tensors = {t.name: (t.data_type, list(t.dims)) for t in ensemble.input}
 
     def compatible(a, b):
@@ -453,8 +459,14 @@ def test_repository_configs_parse_and_wire_up(target, masks):
     if Target(target) is Target.CPU:
         return
     views = max(masks, 1)
+    if decode == "dali":
+        stage = configs["decode"]
+        assert stage.backend == "dali" and stage.input[0].allow_ragged_batch
+        assert stage.input[0].data_type == pb.TYPE_UINT8 and list(stage.output[0].dims) == [3, 224, 224]
+        assert stage.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU and stage.HasField("dynamic_batching")
+        assert "GIF" not in configs["validate"].parameters["formats"].string_value  # DALI has no GIF decoder
     for model, config in configs.items():
-        if model in (ENSEMBLE, "preprocess"):
+        if model in (ENSEMBLE, "preprocess", "validate", "decode"):  # decode: no warm-up, zeros are no image
             continue
         assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
         assert config.HasField("dynamic_batching") and len(config.model_warmup) == 1

@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fmdetect.serving.admin import AdminClient
 from fmdetect.serving.tritonserver import RestrictedAPI, ServerConfig, ServerError, TritonServer
 from tests.conftest import encode, photo_like
 from tests.test_hardening_support import infer, prob, repository_copy, write_sha256
@@ -181,7 +182,7 @@ def test_checksums_and_rollout_without_failed_requests(cpu_repository: Path, tmp
     with TritonServer(config) as server:
         v1 = prob(infer(server.grpc_url, good))
         # The repository API is closed to callers without the key (the launcher sends it itself).
-        status, body = server._http_body("POST", "/v2/repository/models/detector/load")
+        status, body = AdminClient(server.http_url).request("POST", "/v2/repository/models/detector/load")
         assert status == 403 and "admin-key" in body, (status, body)
         import tritonclient.grpc as grpcclient
 

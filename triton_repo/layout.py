@@ -9,11 +9,17 @@ Layout written (``cpu`` target)::
     OUT/detector/config.pbtxt             python + ONNX Runtime (cpu), tensorrt_plan (gpu-trt), onnxruntime_onnx
     OUT/detector/1/{model.py,model.onnx,model.onnx.sha256}  (gpu-ort); model.plan for gpu-trt
 
+With ``decode=Decode.DALI`` (``--decode dali``, GPU targets only) images are decoded on the GPU: ``preprocess`` is
+replaced by ``validate`` (python, CPU: every check that needs no pixel, per request) and ``decode`` (Triton's DALI
+backend: nvJPEG decodes only the centre window; ``OUT/decode/1/{model.py,metadata.json}``, model.py being DALI's
+autoserialized pipeline ``models/decode_dali.py``).
+
 The ``gpu-cupy`` target adds a step: preprocess (CPU) -> ``fft_stage`` (python on the GPU: normalise + FFT stage
 with CuPy, ``OUT/fft_stage/1/{model.py,metadata.json}``) -> detector (a TensorRT engine exported with
 ``--fft-impl external``, taking ``MASKED`` (B, K, 3, H, W)).
 
-A model's config is ``configs/<model>.<target>.pbtxt`` when that file exists, else ``configs/<model>.pbtxt``.
+A model's config is the first of ``configs/<model>.<target>.<decode>.pbtxt``, ``<model>.<decode>.pbtxt`` (with
+``--decode dali``), ``<model>.<target>.pbtxt`` and ``<model>.pbtxt`` that exists.
 Configs keep ``${HEIGHT}`` / ``${WIDTH}`` / ``${VIEWS}`` (K = max(masks, 1)) where a backend needs concrete dims;
 they are filled from the checkpoint metadata here. See GPU.md for serving the GPU targets.
 """
@@ -29,7 +35,7 @@ from string import Template
 
 from fmdetect.core.checksum import write_sidecar
 from fmdetect.core.metadata import DetectorMetadata
-from fmdetect.core.names import DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS
+from fmdetect.core.names import DECODE, DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS, VALIDATE
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,14 @@ class Target(str, Enum):
         return self in (Target.GPU_TRT, Target.GPU_CUPY)
 
 
+class Decode(str, Enum):
+    """Where images are decoded: ``python`` (the ``preprocess`` python model, CPU; every target) or ``dali``
+    (``validate`` on the CPU, then the ``decode`` DALI model on the GPU; GPU targets)."""
+
+    PYTHON = "python"
+    DALI = "dali"
+
+
 # Per target: the python model file that serves ``detector`` (None: a native backend) and the artifact it needs.
 DETECTOR_SOURCES = {
     Target.CPU: ("detector_onnxruntime.py", "model.onnx"),
@@ -65,7 +79,43 @@ MODELS = {
     Target.GPU_ORT: (ENSEMBLE, PREPROCESS, DETECTOR),
     Target.GPU_CUPY: (ENSEMBLE, PREPROCESS, FFT_STAGE, DETECTOR),
 }
-PYTHON_SOURCES = {PREPROCESS: "preprocess.py", FFT_STAGE: "fft_cupy.py"}  # each gets metadata.json beside it
+# The models' sources (model.py), each with metadata.json beside it.
+MODEL_SOURCES = {
+    PREPROCESS: "preprocess.py",
+    FFT_STAGE: "fft_cupy.py",
+    VALIDATE: "validate.py",
+    DECODE: "decode_dali.py",
+}
+
+
+def models(target: Target, decode: Decode = Decode.PYTHON) -> tuple[str, ...]:
+    """The models of ``target``'s repository in ensemble order: ``preprocess`` becomes ``validate`` + ``decode``
+    with GPU decoding."""
+    names = MODELS[target]
+    if decode is Decode.PYTHON:
+        return names
+    i = names.index(PREPROCESS)
+    return (*names[:i], VALIDATE, DECODE, *names[i + 1 :])
+
+
+def check_decode(target: Target, decode: Decode, metadata: DetectorMetadata) -> None:
+    """Refuse GPU decoding where it cannot serve: the cpu target (no GPU), or several windows per image.
+
+    Raises:
+        ValueError: the reason.
+    """
+    if decode is Decode.PYTHON:
+        return
+    if target is Target.CPU:
+        raise ValueError(
+            "--decode dali needs a GPU target (gpu-trt, gpu-ort, gpu-cupy); the cpu target decodes in python"
+        )
+    if metadata.coverage.crops != 1:
+        raise ValueError(
+            f"--decode dali decodes the centre window only; this detector scores {metadata.coverage.crops} windows "
+            "per image: serve it with --decode python"
+        )
+
 
 # Per target: the FFT forms (``python -m export onnx --fft-impl``) its detector can run, and why not the others.
 FFT_FORMS = {
@@ -124,7 +174,9 @@ def views(metadata: DetectorMetadata) -> int:
     return metadata.coverage.crops * metadata.fft_stage.views
 
 
-def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_name: str, digest: str) -> str:
+def identity_parameters(
+    metadata: DetectorMetadata, target: Target, artifact_name: str, digest: str, decode: Decode = Decode.PYTHON
+) -> str:
     """``parameters`` of the ensemble that say which detector it serves, for clients to record beside each
     score (``GET /v2/models/deepfake_detector/config``): the served artifact's SHA-256, the threshold behind
     ``IS_FAKE``, the backbone and input size, the target and the software version."""
@@ -145,6 +197,7 @@ def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_nam
         "crops": str(metadata.coverage.crops),
         "crops_top_k": str(metadata.coverage.top_k),
         "target": target.value,
+        "decode": decode.value,
         "fmdetect_version": software,
     }
     lines = ["", "# Which detector this ensemble serves (written by triton_repo.layout.write_repository)."]
@@ -152,10 +205,14 @@ def identity_parameters(metadata: DetectorMetadata, target: Target, artifact_nam
     return "\n".join(lines) + "\n"
 
 
-def render_config(model: str, target: Target | str, metadata: DetectorMetadata) -> str:
+def render_config(
+    model: str, target: Target | str, metadata: DetectorMetadata, decode: Decode | str = Decode.PYTHON
+) -> str:
     """The ``config.pbtxt`` text of one model of the repository for ``target``."""
-    target = Target(target)
+    target, decode = Target(target), Decode(decode)
     candidates = [f"{model}.{target.value}.pbtxt"] + ([] if model == "detector" else [f"{model}.pbtxt"])
+    if decode is not Decode.PYTHON:
+        candidates = [f"{model}.{target.value}.{decode.value}.pbtxt", f"{model}.{decode.value}.pbtxt", *candidates]
     path = next((CONFIGS / name for name in candidates if (CONFIGS / name).is_file()), None)
     if path is None:
         raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
@@ -165,18 +222,27 @@ def render_config(model: str, target: Target | str, metadata: DetectorMetadata) 
     )
 
 
-def write_repository(target: Target | str, out: str | Path, metadata: DetectorMetadata, artifact: str | Path) -> Path:
+def write_repository(
+    target: Target | str,
+    out: str | Path,
+    metadata: DetectorMetadata,
+    artifact: str | Path,
+    decode: Decode | str = Decode.PYTHON,
+) -> Path:
     """Write a servable repository for ``target`` into ``out`` (replaced atomically when it exists).
 
     Args:
         artifact: the detector's model file: the exported ONNX (cpu, gpu-ort) or the TensorRT engine (gpu-trt,
             gpu-cupy), whose recorded FFT form (:func:`artifact_fft_impl`) must suit the target.
+        decode: where images are decoded (:class:`Decode`).
 
     Raises:
         FileNotFoundError: no artifact.
-        ValueError: the artifact's FFT form or input shape does not suit the target or the metadata.
+        ValueError: the artifact's FFT form or input shape does not suit the target or the metadata, or the
+            decoding does not suit the target (:func:`check_decode`).
     """
-    target = Target(target)
+    target, decode = Target(target), Decode(decode)
+    check_decode(target, decode, metadata)
     out = Path(out)
     artifact = Path(artifact)
     python_file, artifact_name = DETECTOR_SOURCES[target]
@@ -191,11 +257,11 @@ def write_repository(target: Target | str, out: str | Path, metadata: DetectorMe
         _check_engine_shape(artifact, target, metadata)
     staging = out.with_name(out.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
-    for model in MODELS[target]:
+    for model in models(target, decode):
         (staging / model / "1").mkdir(parents=True)
-        (staging / model / "config.pbtxt").write_text(render_config(model, target, metadata))
-        if model in PYTHON_SOURCES:
-            shutil.copy2(PYTHON_MODELS / PYTHON_SOURCES[model], staging / model / "1" / "model.py")
+        (staging / model / "config.pbtxt").write_text(render_config(model, target, metadata, decode))
+        if model in MODEL_SOURCES:
+            shutil.copy2(PYTHON_MODELS / MODEL_SOURCES[model], staging / model / "1" / "model.py")
             metadata.save(staging / model / "1")
     if python_file is not None:
         shutil.copy2(PYTHON_MODELS / python_file, staging / "detector" / "1" / "model.py")
@@ -203,7 +269,7 @@ def write_repository(target: Target | str, out: str | Path, metadata: DetectorMe
     copied = staging / "detector" / "1" / artifact_name  # the detector checks it before loading
     digest = write_sidecar(copied)
     with open(staging / ENSEMBLE / "config.pbtxt", "a") as config:
-        config.write(identity_parameters(metadata, target, artifact_name, digest))
+        config.write(identity_parameters(metadata, target, artifact_name, digest, decode))
     for side_file in artifact.parent.glob(artifact.stem + ".*.json"):  # e.g. engine metadata beside the plan
         shutil.copy2(side_file, staging / "detector" / "1" / side_file.name)
     if out.exists():

@@ -24,7 +24,8 @@ import triton_python_backend_utils as pb_utils
 from fmdetect.core.jpeg import region_reader
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.names import IMAGE, IMAGE_BYTES
-from fmdetect.core.preprocess import REJECTION_REASONS, DecodeLimits, ImageDecodeError, preprocess_image
+from fmdetect.core.preprocess import REJECTION_REASONS, ImageDecodeError, preprocess_image
+from fmdetect.core.preprocess import limits_from_parameters as core_limits_from_parameters
 
 
 def _parameters(model_config):
@@ -44,17 +45,8 @@ def _positive_int(params, key, default):
 
 def limits_from_parameters(params):
     """The ``DecodeLimits`` a config's parameters ask for; a bad value fails the model load with its reason."""
-    defaults = DecodeLimits()
-    formats = tuple(f for f in params.get("formats", ",".join(defaults.formats)).split(",") if f.strip())
     try:
-        return DecodeLimits(
-            max_bytes=_positive_int(params, "max_bytes", defaults.max_bytes),
-            max_pixels=_positive_int(params, "max_pixels", defaults.max_pixels),
-            max_jpeg_pixels_per_byte=_positive_int(
-                params, "max_jpeg_pixels_per_byte", defaults.max_jpeg_pixels_per_byte
-            ),
-            formats=formats,
-        )
+        return core_limits_from_parameters(params)
     except ValueError as exc:
         raise pb_utils.TritonModelException(f"bad input limits in the config: {exc}") from None
 
