@@ -12,7 +12,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+# The dali extra is part of `make setup`: a missing DALI fails here rather than skipping.
+import nvidia.dali.fn as fn  # noqa: E402
+import nvidia.dali.types as types  # noqa: E402
 import pytest
+from nvidia.dali import pipeline_def  # noqa: E402
 from PIL import Image
 
 from fmdetect.core.metadata import Coverage, DetectorMetadata, FFTStageConfig
@@ -21,11 +26,6 @@ from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, check_image
 from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 from fmdetect.triton_repo.layout import PYTHON_MODELS, Decode, Target, check_decode, render_config, write_repository
 from tests.conftest import encode, photo_like
-
-dali = pytest.importorskip("nvidia.dali", reason="the dali extra (make setup installs it)")
-import nvidia.dali.fn as fn  # noqa: E402
-import nvidia.dali.types as types  # noqa: E402
-from nvidia.dali import pipeline_def  # noqa: E402
 
 SIZE = (32, 32)
 DALI_MODEL = PYTHON_MODELS / "decode_dali.py"
