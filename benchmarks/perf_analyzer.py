@@ -116,7 +116,7 @@ def run(
                 "1",
                 f"--concurrency-range={level}:{level}",
                 f"--input-data={data}",
-                "--shape=IMAGE_BYTES:1",
+                f"--shape={IMAGE_BYTES}:1",
                 f"--measurement-interval={round(policy.window_s * 1000)}",
                 f"--stability-percentage={policy.stability * 100:g}",
                 f"--max-trials={max(10, policy.max_windows)}",

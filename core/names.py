@@ -23,3 +23,7 @@ LOGIT = "LOGIT"
 PROB_FAKE = "PROB_FAKE"
 IS_FAKE = "IS_FAKE"
 OUTPUTS = (LOGIT, PROB_FAKE, IS_FAKE)  # the detector's and the ensemble's outputs, in this order
+
+# Every name above by its constant's name: the fields the repository's config templates fill in
+# (``name: "${IMAGE_BYTES}"`` in ``triton_repo/configs/*.pbtxt``), so that no config spells a name itself.
+BY_CONSTANT = {key: value for key, value in dict(globals()).items() if key.isupper() and isinstance(value, str)}

@@ -255,7 +255,7 @@ def test_no_project_module_outside_core_spells_a_tensor_name():
     from fmdetect.core import names
 
     root = Path(__file__).resolve().parents[1]
-    tensors = {names.IMAGE_BYTES, names.IMAGE, names.MASKED, *names.OUTPUTS}
+    tensors = {names.IMAGE_BYTES, names.IMAGE, names.ENCODED, names.MASKED, *names.OUTPUTS}
     found = []
     for package in ("training", "export", "triton_repo", "serving", "benchmarks", "deploy"):
         for path in (root / package).rglob("*.py"):
@@ -263,6 +263,26 @@ def test_no_project_module_outside_core_spells_a_tensor_name():
                 if isinstance(node, ast.Constant) and node.value in tensors:
                     found.append(f"{path.relative_to(root)}:{node.lineno} {node.value}")
     assert not found, found
+
+
+def test_no_config_template_spells_a_contract_name():
+    """The repository's config templates name models and tensors through ``core.names`` fields
+    (``"${IMAGE_BYTES}"``), filled in by ``render_config``; a quoted literal name would drift from the contract."""
+    import re
+
+    from fmdetect.core import names
+    from fmdetect.triton_repo.layout import CONFIGS
+
+    spelled = set(names.BY_CONSTANT.values())
+    found = [
+        f"{path.name}: {literal}"
+        for path in sorted(CONFIGS.glob("*.pbtxt"))
+        for literal in re.findall(r'"([^"$]*)"', path.read_text())
+        if literal in spelled
+    ]
+    assert not found, found
+    assert {"IMAGE_BYTES", "ENSEMBLE", "DETECTOR"} <= set(names.BY_CONSTANT)
+    assert names.BY_CONSTANT["IMAGE_BYTES"] == names.IMAGE_BYTES
 
 
 def test_image_suffixes_follow_the_accepted_formats():

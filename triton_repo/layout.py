@@ -35,7 +35,7 @@ from string import Template
 
 from fmdetect.core.checksum import write_sidecar
 from fmdetect.core.metadata import DetectorMetadata
-from fmdetect.core.names import DECODE, DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS, VALIDATE
+from fmdetect.core.names import BY_CONSTANT, DECODE, DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS, VALIDATE
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def render_config(
         raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
     height, width = metadata.input_size
     return Template(path.read_text()).substitute(
-        HEIGHT=height, WIDTH=width, VIEWS=views(metadata), CHANNELS=metadata.coverage.channels
+        BY_CONSTANT, HEIGHT=height, WIDTH=width, VIEWS=views(metadata), CHANNELS=metadata.coverage.channels
     )
 
 

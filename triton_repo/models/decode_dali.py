@@ -23,7 +23,8 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.triton import autoserialize
 
-ENCODED = "ENCODED"  # core.names.ENCODED: the backend feeds the input of this name to the source of this name
+from fmdetect.core.names import ENCODED  # the backend feeds the input of this name to the source of this name
+
 MAX_BATCH_SIZE = 64  # the config's max_batch_size
 
 
