@@ -14,6 +14,9 @@ Checks:
   d. ``throughput``: the default detector and ``resnet50`` at 224 px, FP16 eager and CUDA graphs, batch 1 to 256.
   e. ``gpu_jpeg``: nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` at 1 to 12 MP: images/s, and the
      centre crop's pixels against the CPU decode + crop (``core.preprocess``).
+  f. ``dali_decode``: the served ``decode`` model's DALI graph with nvJPEG (ROI decode of the centre window) at 1 to
+     12 MP: images/s, and its windows against ``core.preprocess``. Needs DALI (the NGC Triton container has it; a
+     lent machine's Python does not, and its wheel is too large to carry).
   g. ``triton_gpu``: serving on the GPU needs a tritonserver with GPU support; the bundled one is not carried.
 
 On a lent machine (its Python has torch, torchvision, CuPy, numpy, onnx; the rest travels)::
@@ -300,6 +303,68 @@ def check_gpu_jpeg(args: argparse.Namespace) -> dict:
     return figures
 
 
+def check_dali_decode(args: argparse.Namespace) -> dict:
+    """The served ``decode`` model's DALI graph (``triton_repo/models/decode_dali.py``) with nvJPEG (``mixed``):
+    images/s at 1 to 12 MP, and its windows against ``core.preprocess`` on the same bytes."""
+    cuda_device()
+    try:
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import pipeline_def
+    except ImportError as exc:
+        raise Skip(
+            f"DALI is not installed ({exc}); its wheel (~420 MB) exceeds the 64 MiB carry: run this check inside "
+            "the NGC Triton container, which ships it"
+        ) from None
+    from PIL import Image
+
+    from fmdetect.benchmarks.payloads import photo_like
+    from fmdetect.core.names import ENCODED
+    from fmdetect.core.preprocess import decode_center_crop
+    from fmdetect.triton_repo.layout import PYTHON_MODELS
+
+    spec = importlib.util.spec_from_file_location("decode_dali", PYTHON_MODELS / "decode_dali.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    size, batch_size = (128, 128), 8
+
+    @pipeline_def(batch_size=batch_size, num_threads=4, device_id=0)
+    def pipeline():
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1)
+        return module.centre_window(encoded, *size, device="mixed")
+
+    pipe = pipeline()
+    pipe.build()
+    rng = np.random.default_rng(0)
+    figures = {}
+    for megapixels in JPEG_MEGAPIXELS:
+        width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+        height = int(round(width * 3 / 4))
+        buf = io.BytesIO()
+        Image.fromarray(photo_like(width, height, rng)).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        rows = [np.frombuffer(data, np.uint8)] * batch_size
+        for _ in range(3):
+            pipe.feed_input(ENCODED, rows)
+            pipe.run()
+        rounds = 5
+        began = time.perf_counter()
+        for _ in range(rounds):
+            pipe.feed_input(ENCODED, rows)
+            (out,) = pipe.run()
+        windows = out.as_cpu()  # waits for the GPU
+        seconds = (time.perf_counter() - began) / (rounds * batch_size)
+        diff = np.abs(np.array(windows[0]).astype(np.int16) - decode_center_crop(data, size).transpose(2, 0, 1))
+        figures[f"{megapixels} MP"] = {
+            "size": f"{width}x{height}",
+            "bytes": len(data),
+            "images_per_s": round(1 / seconds, 1),
+            "max_abs_diff_grey": int(diff.max()),
+            "mean_abs_diff_grey": float(diff.mean()),
+        }
+    return figures
+
+
 def check_triton_gpu(args: argparse.Namespace) -> dict:
     cuda_device()
     raise Skip(
@@ -314,6 +379,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "matmul_dft_fp16": check_matmul_dft_fp16,
     "throughput": check_throughput,
     "gpu_jpeg": check_gpu_jpeg,
+    "dali_decode": check_dali_decode,
     "triton_gpu": check_triton_gpu,
 }
 
