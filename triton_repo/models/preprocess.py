@@ -13,7 +13,6 @@ from the config's parameters (see ``triton_repo/README.md``):
 - ``decode_threads``: decoding threads.
 """
 
-import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,97 +22,38 @@ import triton_python_backend_utils as pb_utils
 
 from fmdetect.core.jpeg import region_reader
 from fmdetect.core.metadata import DetectorMetadata
-from fmdetect.core.names import IMAGE, IMAGE_BYTES
-from fmdetect.core.preprocess import REJECTION_REASONS, ImageDecodeError, preprocess_image
-from fmdetect.core.preprocess import limits_from_parameters as core_limits_from_parameters
-
-
-def _parameters(model_config):
-    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
-
-
-def _positive_int(params, key, default):
-    raw = params.get(key, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise pb_utils.TritonModelException(f"parameter {key} must be a positive integer, got {raw!r}")
-    return value
-
-
-def limits_from_parameters(params):
-    """The ``DecodeLimits`` a config's parameters ask for; a bad value fails the model load with its reason."""
-    try:
-        return core_limits_from_parameters(params)
-    except ValueError as exc:
-        raise pb_utils.TritonModelException(f"bad input limits in the config: {exc}") from None
+from fmdetect.core.names import IMAGE, PREPROCESS
+from fmdetect.core.preprocess import preprocess_image
+from fmdetect.core.request_stage import RequestStage, each_image
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = _parameters(config)
+        self.stage = RequestStage(pb_utils, PREPROCESS, args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.metadata = DetectorMetadata.load(version_dir)
-        self.limits = limits_from_parameters(params)
-        self.pool = ThreadPoolExecutor(max_workers=_positive_int(params, "decode_threads", 2))
+        self.pool = ThreadPoolExecutor(max_workers=self.stage.positive_int("decode_threads", 2))
         # Pillow warns about every odd EXIF tag or truncated metadata block it skips; hostile inputs would flood
         # the server log with them. The failures that matter reach the client as INVALID_ARG instead.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-        self.logger = pb_utils.Logger
-        # Triton's own counters cannot count rejections: the python backend records a request answered with an
-        # error as a success of this model, and the ensemble's failure counter counts each failed request twice
-        # (2.51). This counter is the one to alert on.
-        self.rejected_family = pb_utils.MetricFamily(  # kept: its metrics die with it
-            name="fmdetect_preprocess_rejected_requests_total",
-            description="requests the preprocess stage rejected (INVALID_ARG), by reason",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        self.rejected = {reason: self.rejected_family.Metric(labels={"reason": reason}) for reason in REJECTION_REASONS}
         reader = region_reader()
         jpeg = f"centre regions read with {reader.path}" if reader is not None else "decoded whole (no libturbojpeg)"
         coverage = self.metadata.coverage
-        self.logger.log_info(
+        pb_utils.Logger.log_info(
             f"preprocess ready: input size {self.metadata.input_size}, {coverage.crops} window(s) "
-            f"per image (top {coverage.top_k}), limits {self.limits}, JPEGs {jpeg}"
+            f"per image (top {coverage.top_k}), limits {self.stage.limits}, JPEGs {jpeg}"
         )
 
     def _decode(self, request):
-        payload = pb_utils.get_input_tensor_by_name(request, IMAGE_BYTES).as_numpy().reshape(-1)
-        images = []
-        for index, item in enumerate(payload):
-            try:
-                images.append(
-                    preprocess_image(bytes(item), self.metadata.input_size, self.limits, self.metadata.coverage.crops)
-                )
-            except ImageDecodeError as exc:
-                where = f"image {index} of {len(payload)}: " if len(payload) > 1 else ""
-                raise ImageDecodeError(f"{where}{exc}", exc.reason) from None
-        return np.stack(images)
+        size, limits, crops = self.metadata.input_size, self.stage.limits, self.metadata.coverage.crops
+        return np.stack(
+            each_image(self.stage.payload(request), lambda data: preprocess_image(data, size, limits, crops))
+        )
 
     def execute(self, requests):
         futures = [self.pool.submit(self._decode, request) for request in requests]
-        responses = []
-        for future in futures:
-            try:
-                image = future.result()
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGE, image)]))
-            except ImageDecodeError as exc:
-                self.rejected[exc.reason].increment(1)
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-                )
-            except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the batch
-                self.logger.log_error(f"preprocess failed: {exc!r}")
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"preprocessing failed: {exc}", pb_utils.TritonError.INTERNAL)
-                    )
-                )
-        return responses
+        return self.stage.answer((future.result for future in futures), IMAGE)
 
     def finalize(self):
         self.pool.shutdown(wait=True)
-        self.rejected.clear()  # the metrics before their family
+        self.stage.close()
