@@ -174,3 +174,33 @@ def test_identity_follows_the_recipe_and_fingerprint_the_images(small_dataset: P
 def test_unknown_config_is_refused(small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert ablation.main(["--data", str(small_dataset), "--out", str(tmp_path), "--configs", "frequency 99%"]) == 2
     assert "unknown configs" in capsys.readouterr().err
+
+
+def test_report_tables_show_a_spread_only_where_seeds_measured_one() -> None:
+    """Two seeds: mean ± sample std; one seed: the mean alone (a ``± 0.000`` would claim a spread never measured)."""
+    runs = {
+        "none": [
+            {"generators": {TRAIN_FAMILY: {"ap": 1.0, "acc_calibrated": 1.0}, "x": {"ap": a, "acc_calibrated": a}}}
+            for a in (0.7, 0.8)
+        ],
+        ablation.REFERENCE: [
+            {"generators": {TRAIN_FAMILY: {"ap": 1.0, "acc_calibrated": 1.0}, "x": {"ap": 0.75, "acc_calibrated": 0.6}}}
+        ],
+    }
+    cfg = ablation.AblationConfig(
+        data=Path("."),
+        out=Path("."),
+        seeds=(0, 1),
+        configs=ablation.CONFIGS,
+        train_flags=(),
+        seen_families=(TRAIN_FAMILY,),
+        test_time_masks=(0,),
+    )
+    rows = ablation.summarise(cfg, runs)
+    table = ablation.markdown_table(rows, ablation.CONFIGS).splitlines()
+    none = next(line for line in table if line.startswith("| none |"))
+    reference = next(line for line in table if line.startswith(f"| {ablation.REFERENCE} |"))
+    assert none.split(" | ")[1] == f"0.750 ± {0.1 / 2**0.5:.3f}" and none.endswith("| 2 |")
+    assert reference.split(" | ")[1] == "0.750" and "±" not in reference and reference.endswith("| 1 |")
+    families = ablation.per_family_table(rows, ablation.CONFIGS, (TRAIN_FAMILY,))
+    assert f"| {ablation.REFERENCE} | " in families and "0.750 ± " not in families.split(ablation.REFERENCE)[1]

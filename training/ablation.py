@@ -226,6 +226,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def mean_std_cell(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` over seeds; the mean alone for one seed (no spread measured)."""
+    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+
+
 def summarise(cfg: AblationConfig, results: dict[str, list[dict]]) -> dict:
     """Per config: mean +- std over seeds of unseen/seen AP and accuracy, and per unseen family AP."""
     rows = {}
@@ -249,7 +254,7 @@ def markdown_table(rows: dict, configs: tuple[MaskingConfig, ...]) -> str:
         if c.name not in rows:
             continue
         r = rows[c.name]
-        cell = lambda key: f"{r[key][0]:.3f} ± {r[key][1]:.3f}" if key in r else "-"  # noqa: E731
+        cell = lambda key: mean_std_cell(*r[key], r["seeds"]) if key in r else "-"  # noqa: E731
         lines.append(f"| {c.name} | {cell('unseen_ap')} | {cell('unseen_acc')} | {cell('seen_ap')} | {r['seeds']} |")
     return "\n".join(lines)
 
@@ -263,7 +268,8 @@ def per_family_table(rows: dict, configs: tuple[MaskingConfig, ...], seen: tuple
     header = [f"{f} (seen)" if f in seen else f for f in families]
     lines = ["| training masking | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(families)]
     for name in names:
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in (rows[name]["per_family_ap"][f] for f in families)]
+        seeds = rows[name]["seeds"]
+        cells = [mean_std_cell(m, s, seeds) for m, s in (rows[name]["per_family_ap"][f] for f in families)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
