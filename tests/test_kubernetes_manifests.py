@@ -89,7 +89,15 @@ def test_deployment_serves_triton_with_health_probes(name: str):
     (deployment,) = kinds["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (triton,) = pod["containers"]
-    assert "tritonserver" in triton["image"] and triton["command"] == ["tritonserver"]
+    assert "tritonserver" in triton["image"]
+    if name == "gpu":
+        # the plans are checked against the pod's TensorRT and GPU first, then the same tritonserver command
+        shell, flag, script, zeroth = triton["command"]
+        assert (shell, flag, zeroth) == ("sh", "-c", "--")
+        assert script == 'python3 -m fmdetect.serving.engine_check /models && exec tritonserver "$@"'
+        assert pod["nodeSelector"]["nvidia.com/gpu.product"]
+    else:
+        assert triton["command"] == ["tritonserver"]
     assert "--model-repository=/models" in triton["args"]
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}

@@ -271,7 +271,9 @@ def write_repository(
     with open(staging / ENSEMBLE / "config.pbtxt", "a") as config:
         config.write(identity_parameters(metadata, target, artifact_name, digest, decode))
     for side_file in artifact.parent.glob(artifact.stem + ".*.json"):  # e.g. engine metadata beside the plan
-        shutil.copy2(side_file, staging / "detector" / "1" / side_file.name)
+        # under the served file's stem (backbone.engine.json -> model.engine.json), where the engine check looks
+        served_name = Path(artifact_name).stem + side_file.name[len(artifact.stem) :]
+        shutil.copy2(side_file, staging / "detector" / "1" / served_name)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

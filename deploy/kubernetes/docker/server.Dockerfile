@@ -10,7 +10,9 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 # fmdetect.core without installing the rest: fmdetect/__init__.py reaches core/ beside it (as in a checkout).
 COPY fmdetect/__init__.py /opt/fmdetect/fmdetect/__init__.py
 COPY core /opt/fmdetect/core
+# serving/engine_check.py: the GPU overlay's check of the TensorRT plans before tritonserver starts (core only).
+COPY serving/__init__.py serving/engine_check.py /opt/fmdetect/serving/
 ENV PYTHONPATH=/opt/fmdetect
 RUN apt-get update && apt-get install -y --no-install-recommends libturbojpeg && rm -rf /var/lib/apt/lists/* \
     && pip install --no-cache-dir "numpy==1.26.4" "pillow==12.3.0" "pyturbojpeg==1.8.3" "onnxruntime==1.23.2" \
-    && python3 -c "import fmdetect.core.preprocess, fmdetect.core.jpeg as jpeg, numpy, PIL, onnxruntime; assert jpeg.region_reader(); assert numpy.__version__ < '2'"
+    && python3 -c "import fmdetect.core.preprocess, fmdetect.serving.engine_check, fmdetect.core.jpeg as jpeg, numpy, PIL, onnxruntime; assert jpeg.region_reader(); assert numpy.__version__ < '2'"
