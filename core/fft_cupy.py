@@ -10,6 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes the ``fft_stage`` model computes at: the powers of two below ``max_batch_size``, and
+    ``max_batch_size``. Each batch is zero-padded up to the next of them, so cuFFT plans exist for these few sizes
+    only (one per size 1..64 would overflow CuPy's plan cache, 16 plans by default, and keep rebuilding them), and
+    the model's warm-up builds every one before the first request."""
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    return tuple(
+        sorted({1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size} | {max_batch_size})
+    )
+
+
+def bucket(batch: int, max_batch_size: int) -> int:
+    """The smallest of :func:`batch_buckets` that holds ``batch``."""
+    if not 1 <= batch <= max_batch_size:
+        raise ValueError(f"batch {batch} is outside 1..{max_batch_size}")
+    return next(size for size in batch_buckets(max_batch_size) if size >= batch)
+
+
 def _cupy() -> Any:
     try:
         import cupy

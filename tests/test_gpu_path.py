@@ -317,6 +317,7 @@ def _numpy_as_cupy() -> types.SimpleNamespace:
         "fft",
         "float16",
         "float32",
+        "zeros",
         "uint8",
     )
     return types.SimpleNamespace(
@@ -407,6 +408,32 @@ def test_fft_stage_model_batches_and_rejects_bad_requests(monkeypatch, tmp_path)
         np.testing.assert_allclose(tensor.as_numpy(), masked_views(images, METADATA_K2), atol=1e-5)
 
 
+def test_fft_stage_computes_at_the_warmed_batch_sizes_only(monkeypatch, tmp_path):
+    """A dynamic batch of 3 + 2 images is computed at 8, the next warmed size (zero rows added, then cut off): the
+    FFT sees only the sizes of ``batch_buckets``, and every answer equals the unpadded reference."""
+    import fmdetect.core.fft_cupy
+    from fmdetect.core.fft_cupy import batch_buckets, bucket
+
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64) and batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(1) == (1,) and [bucket(n, 48) for n in (1, 3, 5, 33, 48)] == [1, 4, 8, 48, 48]
+    with pytest.raises(ValueError):
+        bucket(65, 64)
+    monkeypatch.setattr(fmdetect.core.fft_cupy, "_cupy", _numpy_as_cupy)
+    module = _import_model(monkeypatch)
+    model = module.TritonPythonModel()
+    model.initialize(_model_args(tmp_path, METADATA_K2))
+    seen = []
+    stage = model.math.stage
+    original = stage.__call__
+    monkeypatch.setattr(type(stage), "__call__", lambda self, x: seen.append(len(x)) or original(x))
+    a, b = parity_images(3, 24, 20), parity_images(2, 24, 20)
+    responses = model.execute([{"IMAGE": _PbTensor("IMAGE", a)}, {"IMAGE": _PbTensor("IMAGE", b)}])
+    assert seen == [8]  # the FFT ran once, on (8, 3, H, W): 5 images padded to the warmed size 8
+    for response, images in zip(responses, (a, b)):
+        (tensor,) = response.output_tensors
+        np.testing.assert_allclose(tensor.as_numpy(), masked_views(images, METADATA_K2), atol=1e-5)
+
+
 def test_fft_stage_model_refuses_a_cpu_instance(monkeypatch, tmp_path):
     module = _import_model(monkeypatch)
     with pytest.raises(ValueError, match="KIND_GPU"):
@@ -469,9 +496,13 @@ def test_repository_configs_parse_and_wire_up(target, decode, masks):
         if model in (ENSEMBLE, "preprocess", "validate", "decode"):  # decode: no warm-up, zeros are no image
             continue
         assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
-        assert config.HasField("dynamic_batching") and len(config.model_warmup) == 1
-        warm = config.model_warmup[0].inputs[config.input[0].name]
-        assert list(warm.dims) == list(config.input[0].dims) and warm.zero_data
+        assert config.HasField("dynamic_batching")
+        # warm-up at every batch size fft_stage computes at, and the detector's preferred sizes among them
+        assert [w.batch_size for w in config.model_warmup] == [1, 2, 4, 8, 16, 32, 64]
+        assert set(config.dynamic_batching.preferred_batch_size) <= {w.batch_size for w in config.model_warmup}
+        for warmup in config.model_warmup:
+            warm = warmup.inputs[config.input[0].name]
+            assert list(warm.dims) == list(config.input[0].dims) and warm.zero_data
     if Target(target) is Target.GPU_CUPY:
         stage, detector = configs["fft_stage"], configs["detector"]
         assert stage.backend == "python" and detector.platform == "tensorrt_plan"

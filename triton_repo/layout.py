@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from enum import Enum
 from pathlib import Path
 from string import Template
 
 from fmdetect.core.checksum import write_sidecar
+from fmdetect.core.fft_cupy import batch_buckets
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.names import BY_CONSTANT, DECODE, DETECTOR, ENSEMBLE, FFT_STAGE, PREPROCESS, VALIDATE
 
@@ -217,9 +219,34 @@ def render_config(
     if path is None:
         raise FileNotFoundError(f"no config {' or '.join(candidates)} in {CONFIGS}")
     height, width = metadata.input_size
-    return Template(path.read_text()).substitute(
+    text = Template(path.read_text()).substitute(
         BY_CONSTANT, HEIGHT=height, WIDTH=width, VIEWS=views(metadata), CHANNELS=metadata.coverage.channels
     )
+    return warm_every_bucket(text) if "KIND_GPU" in text else text
+
+
+_WARMUP = re.compile(r"^model_warmup \[\n(?P<entry>  \{\n.*?\n  \})\n\]\n", re.M | re.S)
+
+
+def warm_every_bucket(config: str) -> str:
+    """A GPU model's one warm-up entry (batch 1) repeated for each of ``core.fft_cupy.batch_buckets`` of its
+    ``max_batch_size``: each batch size pays its first-use cost (cuFFT plans, cuDNN algorithm choice, CUDA graph
+    capture) at load, not on a request. ``fft_stage`` computes only at these sizes; the detector meets others
+    (the dynamic batcher forms any size), which pay that cost once, on first use."""
+    match = _WARMUP.search(config)
+    if match is None:
+        return config
+    max_batch = int(re.search(r"^max_batch_size: (\d+)", config, re.M)[1])
+    entry = match["entry"]
+    if "batch_size: 1\n" not in entry or 'name: "zeros"' not in entry:
+        raise ValueError('a GPU config\'s warm-up must be one entry named "zeros" at batch_size: 1')
+    entries = [
+        entry.replace('name: "zeros"', f'name: "zeros batch {size}"').replace(
+            "batch_size: 1\n", f"batch_size: {size}\n"
+        )
+        for size in batch_buckets(max_batch)
+    ]
+    return config[: match.start()] + "model_warmup [\n" + ",\n".join(entries) + "\n]\n" + config[match.end() :]
 
 
 def write_repository(

@@ -7,8 +7,10 @@ The detector that follows is a TensorRT engine exported with ``--fft-impl extern
 
 Tensors stay on the GPU: with ``FORCE_CPU_ONLY_INPUT_TENSORS`` = "no" an input that is already on the GPU arrives
 there and is read through DLPack; a CPU input (``preprocess`` runs on the CPU) is copied over once. The output
-leaves through ``pb_utils.Tensor.from_dlpack``, which hands Triton the CuPy memory without a copy (the next model
-reads it on the GPU). The masks and input size come from ``metadata.json`` in the version folder.
+leaves through ``pb_utils.Tensor.from_dlpack`` on the GPU (the python backend copies it device to device into
+Triton's buffer; it never passes through host memory). A batch is computed at the next size of
+``core.fft_cupy.batch_buckets`` (zero-padded), the sizes the config's warm-up plans. The masks and input size
+come from ``metadata.json`` in the version folder.
 
 All well-formed requests of a dynamic batch run as one batch; a request with the wrong dtype or shape fails alone
 with INVALID_ARG.
@@ -21,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fmdetect.core.fft import inference_masks
-from fmdetect.core.fft_cupy import CupyFFTStage
+from fmdetect.core.fft_cupy import CupyFFTStage, bucket
 from fmdetect.core.metadata import DetectorMetadata
 from fmdetect.core.names import IMAGE as INPUT
 from fmdetect.core.names import MASKED as OUTPUT
@@ -31,8 +33,11 @@ class MaskedViews:
     """The stage's math, without Triton: uint8 (B, 3 * crops, H, W) GPU array -> (B, crops * K, 3, H, W) GPU array,
     window-major (``export.onnx_export.masked_views`` is its numpy reference)."""
 
-    def __init__(self, metadata: DetectorMetadata, device_id: int = 0, out_dtype: str = "float32") -> None:
+    def __init__(
+        self, metadata: DetectorMetadata, device_id: int = 0, out_dtype: str = "float32", max_batch_size: int = 64
+    ) -> None:
         height, width = metadata.input_size
+        self.max_batch_size = max_batch_size
         self.stage = CupyFFTStage(inference_masks(metadata.fft_stage, height, width), device_id)
         cp = self.cp = self.stage.cp
         with self.stage.device:
@@ -49,8 +54,11 @@ class MaskedViews:
         cp = self.cp
         with self.stage.device:
             batch, _, height, width = images.shape
+            padded = bucket(batch, self.max_batch_size)  # a size the warm-up planned (core.fft_cupy.batch_buckets)
+            if padded > batch:
+                images = cp.concatenate([images, cp.zeros((padded - batch, *images.shape[1:]), dtype=images.dtype)])
             x = images.reshape(-1, 3, height, width).astype(cp.float32) * self.scale + self.shift
-            out = self.stage(x).reshape(batch, -1, 3, height, width)
+            out = self.stage(x).reshape(padded, -1, 3, height, width)[:batch]
             if out.dtype != self.out_dtype:
                 out = out.astype(self.out_dtype)
             return cp.ascontiguousarray(out)
@@ -69,7 +77,7 @@ class TritonPythonModel:
         self.metadata = DetectorMetadata.load(version_dir)
         output = pb_utils.get_output_config_by_name(config, OUTPUT)
         out_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
-        self.math = MaskedViews(self.metadata, device_id, out_dtype)
+        self.math = MaskedViews(self.metadata, device_id, out_dtype, int(config["max_batch_size"]))
         self.cp = self.math.cp
         pb_utils.Logger.log_info(
             f"fft_stage ready on GPU {device_id}: IMAGE uint8 (B, {', '.join(map(str, self.math.shape))}) -> "
@@ -116,7 +124,8 @@ class TritonPythonModel:
         start = 0
         for i, images in zip(good, arrays):
             end = start + len(images)
-            # from_dlpack calls the array's __dlpack__ with Triton's stream and synchronises: no copy, no race.
+            # from_dlpack calls the array's __dlpack__ with Triton's stream and synchronises (no race); the backend then
+            # copies it device to device into the response.
             responses[i] = pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor.from_dlpack(OUTPUT, masked[start:end])]
             )
