@@ -257,6 +257,31 @@ def check_throughput(args: argparse.Namespace) -> dict:
     return figures
 
 
+def _photo_jpegs():
+    """(megapixels, width, height, JPEG bytes) of a photo-like 4:3 image at each of ``JPEG_MEGAPIXELS``."""
+    from PIL import Image
+
+    from fmdetect.benchmarks.payloads import photo_like
+
+    rng = np.random.default_rng(0)
+    for megapixels in JPEG_MEGAPIXELS:
+        width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+        height = int(round(width * 3 / 4))
+        buf = io.BytesIO()
+        Image.fromarray(photo_like(width, height, rng)).save(buf, "JPEG", quality=90)
+        yield megapixels, width, height, buf.getvalue()
+
+
+def _decode_figures(width: int, height: int, data: bytes, seconds: float, diff: np.ndarray) -> dict:
+    return {
+        "size": f"{width}x{height}",
+        "bytes": len(data),
+        "images_per_s": round(1 / seconds, 1),
+        "max_abs_diff_grey": int(diff.max()),
+        "mean_abs_diff_grey": float(diff.mean()),
+    }
+
+
 def check_gpu_jpeg(args: argparse.Namespace) -> dict:
     import torch
 
@@ -265,19 +290,10 @@ def check_gpu_jpeg(args: argparse.Namespace) -> dict:
         from torchvision.io import decode_jpeg
     except ImportError as exc:
         raise Skip(f"torchvision is not installed ({exc})") from None
-    from PIL import Image
-
-    from fmdetect.benchmarks.payloads import photo_like
     from fmdetect.core.preprocess import center_box, preprocess_image
 
-    rng = np.random.default_rng(0)
     figures = {}
-    for megapixels in JPEG_MEGAPIXELS:
-        width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
-        height = int(round(width * 3 / 4))
-        buf = io.BytesIO()
-        Image.fromarray(photo_like(width, height, rng)).save(buf, "JPEG", quality=90)
-        data = buf.getvalue()
+    for megapixels, width, height, data in _photo_jpegs():
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         batch = [encoded] * 8
         for _ in range(3):
@@ -292,14 +308,7 @@ def check_gpu_jpeg(args: argparse.Namespace) -> dict:
         left, top, right, bottom = center_box((width, height), (128, 128))
         gpu_crop = decoded[0][:, top:bottom, left:right].cpu().numpy().astype(np.int16)
         cpu_crop = preprocess_image(data, (128, 128)).astype(np.int16)
-        diff = np.abs(gpu_crop - cpu_crop)
-        figures[f"{megapixels} MP"] = {
-            "size": f"{width}x{height}",
-            "bytes": len(data),
-            "images_per_s": round(1 / seconds, 1),
-            "max_abs_diff_grey": int(diff.max()),
-            "mean_abs_diff_grey": float(diff.mean()),
-        }
+        figures[f"{megapixels} MP"] = _decode_figures(width, height, data, seconds, np.abs(gpu_crop - cpu_crop))
     return figures
 
 
@@ -316,9 +325,6 @@ def check_dali_decode(args: argparse.Namespace) -> dict:
             f"DALI is not installed ({exc}); its wheel (~420 MB) exceeds the 64 MiB carry: run this check inside "
             "the NGC Triton container, which ships it"
         ) from None
-    from PIL import Image
-
-    from fmdetect.benchmarks.payloads import photo_like
     from fmdetect.core.names import ENCODED
     from fmdetect.core.preprocess import decode_center_crop
     from fmdetect.triton_repo.layout import PYTHON_MODELS
@@ -335,14 +341,8 @@ def check_dali_decode(args: argparse.Namespace) -> dict:
 
     pipe = pipeline()
     pipe.build()
-    rng = np.random.default_rng(0)
     figures = {}
-    for megapixels in JPEG_MEGAPIXELS:
-        width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
-        height = int(round(width * 3 / 4))
-        buf = io.BytesIO()
-        Image.fromarray(photo_like(width, height, rng)).save(buf, "JPEG", quality=90)
-        data = buf.getvalue()
+    for megapixels, width, height, data in _photo_jpegs():
         rows = [np.frombuffer(data, np.uint8)] * batch_size
         for _ in range(3):
             pipe.feed_input(ENCODED, rows)
@@ -355,13 +355,7 @@ def check_dali_decode(args: argparse.Namespace) -> dict:
         windows = out.as_cpu()  # waits for the GPU
         seconds = (time.perf_counter() - began) / (rounds * batch_size)
         diff = np.abs(np.array(windows[0]).astype(np.int16) - decode_center_crop(data, size).transpose(2, 0, 1))
-        figures[f"{megapixels} MP"] = {
-            "size": f"{width}x{height}",
-            "bytes": len(data),
-            "images_per_s": round(1 / seconds, 1),
-            "max_abs_diff_grey": int(diff.max()),
-            "mean_abs_diff_grey": float(diff.mean()),
-        }
+        figures[f"{megapixels} MP"] = _decode_figures(width, height, data, seconds, diff)
     return figures
 
 
