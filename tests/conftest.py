@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -112,3 +113,18 @@ def _png16(gray8: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(gray8.astype(np.uint16) * 257).save(buf, "PNG")
     return buf.getvalue()
+
+
+def stand_in_plan(folder: Path, fft_impl: str, dims: list[int] | None = None, stem: str = "model", **facts) -> Path:
+    """A TensorRT plan stand-in (bytes: nothing here can build one) and the ``<stem>.engine.json`` that
+    ``python -m export engine`` writes beside it; ``dims``: the per-image dims of its ``MASKED`` profile (none when
+    omitted); ``facts``: more recorded fields (``tensorrt_version``, ``gpu``)."""
+    from fmdetect.core.names import MASKED
+
+    plan = folder / f"{stem}.plan"
+    plan.write_bytes(b"not a real engine")  # the repository writer copies it; only a GPU server reads it
+    record = {"fft_impl": fft_impl, "precision": "fp16", **facts}
+    if dims is not None:
+        record["profile"] = {MASKED: {name: [b, *dims] for name, b in (("min", 1), ("opt", 16), ("max", 64))}}
+    (folder / f"{stem}.engine.json").write_text(json.dumps(record))
+    return plan

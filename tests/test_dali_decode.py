@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from fmdetect.core.names import DECODE, ENCODED, IMAGE_BYTES, VALIDATE
 from fmdetect.core.preprocess import DecodeLimits, ImageDecodeError, check_image, decode_center_crop
 from fmdetect.serving.tritonserver import ServerConfig, TritonServer
 from fmdetect.triton_repo.layout import PYTHON_MODELS, Decode, Target, check_decode, render_config, write_repository
-from tests.conftest import encode, photo_like
+from tests.conftest import encode, photo_like, stand_in_plan
 
 SIZE = (32, 32)
 DALI_MODEL = PYTHON_MODELS / "decode_dali.py"
@@ -136,9 +135,7 @@ def test_decoding_on_the_gpu_is_refused_where_it_cannot_serve() -> None:
 
 def test_write_a_gpu_decoding_repository(tmp_path: Path) -> None:
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=0))
-    plan = tmp_path / "model.plan"
-    plan.write_bytes(b"not a real engine")  # the repository writer copies it; only a GPU server reads it
-    (tmp_path / "model.engine.json").write_text(json.dumps({"fft_impl": "matmul", "precision": "fp16"}))
+    plan = stand_in_plan(tmp_path, "matmul")
     out = write_repository(Target.GPU_TRT, tmp_path / "repo", metadata, plan, Decode.DALI)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == [

@@ -12,36 +12,29 @@ from pathlib import Path
 import pytest
 
 from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig
-from fmdetect.core.names import MASKED
 from fmdetect.serving import engine_check
 from fmdetect.triton_repo.layout import Target, write_repository
+from tests.conftest import stand_in_plan
 
 H100 = "NVIDIA H100 80GB HBM3"
-
-
-def _plan(folder: Path, stem: str) -> Path:
-    """A stand-in plan (bytes: nothing here can build one) with the metadata ``python -m export engine`` writes."""
-    plan = folder / f"{stem}.plan"
-    plan.write_bytes(b"not a real engine")
-    profile = {name: [b, 2, 3, 224, 224] for name, b in (("min", 1), ("opt", 16), ("max", 64))}
-    (folder / f"{stem}.engine.json").write_text(
-        json.dumps(
-            {
-                "fft_impl": "external",
-                "precision": "fp16",
-                "tensorrt_version": "10.5.0.18",
-                "gpu": {"name": H100, "compute_capability": "9.0"},
-                "profile": {MASKED: profile},
-            }
-        )
-    )
-    return plan
 
 
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=2))
-    return write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, _plan(tmp_path, "backbone"))
+    return write_repository(
+        Target.GPU_CUPY,
+        tmp_path / "repo",
+        metadata,
+        stand_in_plan(
+            tmp_path,
+            "external",
+            [2, 3, 224, 224],
+            stem="backbone",
+            tensorrt_version="10.5.0.18",
+            gpu={"name": H100, "compute_capability": "9.0"},
+        ),
+    )
 
 
 def test_the_plan_metadata_follows_the_plan_into_the_repository(repository: Path) -> None:

@@ -47,7 +47,7 @@ from fmdetect.triton_repo.layout import (
     render_config,
     write_repository,
 )
-from tests.conftest import encode, photo_like
+from tests.conftest import encode, photo_like, stand_in_plan
 
 GPU_TARGETS = [t for t in Target if t is not Target.CPU]
 FFT_MODEL = PYTHON_MODELS / "fft_cupy.py"
@@ -548,20 +548,9 @@ def test_fft_forms_a_target_takes(target, fft):
     check_fft_impl(target, fft)
 
 
-def _fake_engine(folder: Path, fft: str, dims: list[int]) -> Path:
-    """A stand-in plan (bytes) with the model.engine.json that ``python -m export engine`` writes beside it."""
-    plan = folder / "model.plan"
-    plan.write_bytes(b"not a real engine")
-    profile = {name: [b, *dims] for name, b in (("min", 1), ("opt", 16), ("max", 64))}
-    (folder / "model.engine.json").write_text(
-        json.dumps({"fft_impl": fft, "precision": "fp16", "profile": {MASKED_INPUT_NAME: profile}})
-    )
-    return plan
-
-
 def test_write_gpu_cupy_repository(tmp_path):
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=2))
-    plan = _fake_engine(tmp_path, "external", [2, 3, 224, 224])
+    plan = stand_in_plan(tmp_path, "external", [2, 3, 224, 224])
     out = write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, plan)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == [
@@ -598,7 +587,7 @@ def test_write_gpu_cupy_repository(tmp_path):
 def test_gpu_cupy_repository_refuses_a_mismatched_engine(tmp_path, fft, dims, message):
     metadata = DetectorMetadata(backbone="resnet50", input_size=(224, 224), fft_stage=FFTStageConfig(masks=2))
     with pytest.raises(ValueError, match=message):
-        write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, _fake_engine(tmp_path, fft, dims))
+        write_repository(Target.GPU_CUPY, tmp_path / "repo", metadata, stand_in_plan(tmp_path, fft, dims))
     assert not (tmp_path / "repo").exists()
 
 
