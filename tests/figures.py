@@ -274,6 +274,45 @@ def render_ablation_runs() -> str:
     return "\n".join(lines)
 
 
+def render_ablation_probes() -> str:
+    """The README's table of the spectral probes (``python -m training.probes``) of ablation checkpoints
+    (``docs/ablation/probes/<setting>_seed<k>/probes.json``, named as the results store names its runs) and of the
+    default detector (``detectors/default/probes``, the store's frequency all 15 % seed 0): AP against the unchanged
+    testing reals, threshold-free."""
+    from fmdetect.training.benchmark.families import TRAIN_FAMILY
+
+    runs = []
+    for path in sorted((ROOT / "docs" / "ablation" / "probes").glob("*_seed*/probes.json")):
+        setting, seed = path.parent.name.rsplit("_seed", 1)
+        record = json.loads((ROOT / "docs" / "ablation" / "runs" / setting / f"seed{seed}.json").read_text())
+        runs.append((record["key"]["config"], seed, json.loads(path.read_text())))
+    default = json.loads((ROOT / "detectors" / "default" / "probes" / "probes.json").read_text())
+    runs.append(("frequency all 15%", "0 (the default detector)", default))
+    header = [
+        "training masking",
+        "seed",
+        "unseen fakes AP",
+        "unseen transplants AP",
+        "lowpass 0.25 AP",
+        "lowpass 0.35 AP",
+        "resample nearest / bilinear / bicubic AP",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config, seed, report in sorted(runs, key=lambda run: (run[0], run[1])):
+        rows = {(r["probe"], r["family"]): r["ap_vs_reals"] for r in report["rows"]}
+        unseen = sorted({f for _, f in rows if f and f != TRAIN_FAMILY})
+
+        def mean_ap(probe: str, families: list[str] = unseen, rows: dict = rows) -> str:
+            return f"{sum(rows[(probe, f)] for f in families) / len(families):.3f}"
+
+        resample = " / ".join(f"{rows[(f'resample {u}', None)]:.3f}" for u in ("nearest", "bilinear", "bicubic"))
+        lines.append(
+            f"| {config} | {seed} | {mean_ap('fakes')} | {mean_ap('transplant')} | "
+            f"{rows[('lowpass 0.25', None)]:.3f} | {rows[('lowpass 0.35', None)]:.3f} | {resample} |"
+        )
+    return "\n".join(lines)
+
+
 def render_coverage() -> str:
     """The README's coverage table from ``docs/coverage/coverage.json`` (``python -m training.coverage``)."""
     report = json.loads((ROOT / "docs" / "coverage" / "coverage.json").read_text())
@@ -330,6 +369,7 @@ DERIVED = {
     "fp16": ("triton_repo/GPU.md", render_fp16),
     "one_vs_two": ("deploy/README.md", render_one_vs_two),
     "ablation_runs": ("README.md", render_ablation_runs),
+    "ablation_probes": ("README.md", render_ablation_probes),
     "coverage": ("README.md", render_coverage),
 }
 

@@ -10,15 +10,9 @@ import pytest
 from PIL import Image
 
 from fmdetect.training import ablation
-from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from fmdetect.training.benchmark.families import TRAIN_FAMILY
 
 TINY_TRAINING = "--backbone efficientnet_lite0 --pretrained --image-size 64 --epochs 1 --max-steps 2 --workers 0"
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,6 @@ def small_config(tmp_path_factory: pytest.TempPathFactory, **overrides) -> Build
 
 
 @pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(small_config(tmp_path_factory))
-
-
-@pytest.fixture(scope="session")
 def manifest(small_dataset: Path) -> dict:
     return json.loads((small_dataset / DATASET_FILE).read_text())
 

@@ -97,3 +97,40 @@ def test_readme_prose_figures_are_the_committed_evaluation() -> None:
     jpeg75 = next(r for r in METRICS["robustness"]["jpeg"] if r["level"] == 75)
     after = sum(jpeg75["generators"][f]["ap"] for f in families) / len(families)
     assert f"({unseen['ap']:.3f} clean, {after:.3f} after JPEG 75; met)" in section
+
+
+def test_readme_probe_figures_are_the_committed_probes() -> None:
+    """The README's probe table and sentence are those of ``detectors/default/probes/probes.json``, whose fakes rows
+    are the committed evaluation's per-family AP (the same centre windows scored by the same checkpoint)."""
+    probes = json.loads((DEFAULT / "probes" / "probes.json").read_text())
+    rows = {(r["probe"], r["family"]): r for r in probes["rows"]}
+    assert probes["threshold"] == pytest.approx(METRICS["threshold"])
+    table = _table_rows((ROOT / "README.md").read_text(), "probed family")
+    assert {name.split(" (")[0] for name in table} == set(FAMILIES)
+    for name, cells in table.items():
+        family = name.split(" (")[0]
+        fakes, transplant = rows[("fakes", family)], rows[("transplant", family)]
+        assert [float(c) for c in cells] == pytest.approx(
+            [
+                round(100 * fakes["flagged"], 1),
+                round(100 * transplant["flagged"], 1),
+                round(fakes["ap_vs_reals"], 3),
+                round(transplant["ap_vs_reals"], 3),
+            ],
+            abs=0.00051,
+        ), family
+        assert fakes["ap_vs_reals"] == pytest.approx(METRICS["generators"][family]["ap"], abs=1e-4), family
+    readme = (ROOT / "README.md").read_text()
+    reals = rows[("reals", None)]
+    low = [rows[(f"lowpass {r}", None)] for r in ("0.25", "0.35")]
+    up = [rows[(f"resample {u}", None)] for u in ("nearest", "bilinear", "bicubic")]
+    sentence = (
+        f"On the {reals['n']} distinct testing reals ({100 * reals['flagged']:.1f} % flagged unchanged): lowpass 0.25 "
+        f"flags {100 * low[0]['flagged']:.1f} % (AP {low[0]['ap_vs_reals']:.3f}), lowpass 0.35\n"
+        f"{100 * low[1]['flagged']:.1f} % ({low[1]['ap_vs_reals']:.3f}); resample nearest / bilinear / bicubic "
+        + " / ".join(f"{100 * r['flagged']:.1f}" for r in up)
+        + " % (AP "
+        + " / ".join(f"{r['ap_vs_reals']:.3f}" for r in up)
+        + ")."
+    )
+    assert sentence in readme

@@ -17,7 +17,6 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from fmdetect.core.fft import apply_fft_stage, inference_masks
 from fmdetect.core.metadata import DetectorMetadata, FFTStageConfig, Threshold
 from fmdetect.training import metrics as M
-from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from fmdetect.training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY, Mechanism
 from fmdetect.training.checkpoint import load_detector, save_checkpoint
 from fmdetect.training.evaluate import (
@@ -39,20 +38,8 @@ from fmdetect.training.steps import predict
 SIZE = (64, 64)
 GENERATOR_KEYS = {"ap", "acc", "acc_calibrated", "real_acc", "fake_acc", "auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "n"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine spinning threads make these tiny nets much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Same directory as test_training's fixture: within one session the second request finds the build complete.
-    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
+# One intra-op thread (conftest.one_thread) for every test here.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint(path: Path, masks: int = 0, threshold: Threshold | None = None) -> Path:

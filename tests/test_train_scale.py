@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from fmdetect.core.metadata import DetectorMetadata
-from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from fmdetect.training.checkpoint import load_detector
 from fmdetect.training.masking_profile import profile_masking
 from fmdetect.training.run_state import BEST_FILE, CHECKPOINT_DIR, LAST_FILE, METRICS_FILE, check_resumable, load_state
@@ -22,20 +21,6 @@ from fmdetect.training.schedule import PlateauSchedule
 from fmdetect.training.train import TrainConfig, main, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads are ~10x slower for these tiny nets."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(data: Path, out: Path, **changes) -> TrainConfig:

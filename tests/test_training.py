@@ -17,7 +17,6 @@ import torch
 from fmdetect.core.fft import band_region, masked_count
 from fmdetect.core.metadata import Band, DetectorMetadata
 from fmdetect.core.preprocess import center_crop_or_pad, decode_image
-from fmdetect.training.benchmark import BuildConfig, Profile, build_dataset
 from fmdetect.training.benchmark.families import ALL_FAMILIES, TRAIN_FAMILY
 from fmdetect.training.calibration import false_positive_rate, threshold_at_fpr
 from fmdetect.training.checkpoint import load_detector
@@ -31,11 +30,6 @@ from fmdetect.training.train import TrainConfig, train
 MIN_VAL_ACC = 0.75
 MIN_VAL_AP = 0.85
 TRAIN_EPOCHS = 12
-
-
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dataset(BuildConfig.preset(Profile.SMALL, out=tmp_path_factory.getbasetemp() / "benchmark_small"))
 
 
 # ---------------------------------------------------------------------------------------------------- masks
