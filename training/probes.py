@@ -38,12 +38,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmdetect.core.fft import radial_frequency
 from fmdetect.core.metadata import Coverage
-from fmdetect.core.scoring import decide, sigmoid
+from fmdetect.core.scoring import decide
 from fmdetect.training import metrics as M
 from fmdetect.training.checkpoint import load_detector, with_coverage
 from fmdetect.training.data import RealFakeDataset
+from fmdetect.training.distributed import resolve_device
 from fmdetect.training.model import Detector
+from fmdetect.training.steps import predict
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +101,7 @@ def apply_ratio(images: np.ndarray, ratio: np.ndarray) -> np.ndarray:
 
 def lowpass(images: np.ndarray, radius: float) -> np.ndarray:
     """``images`` with the coefficients above ``radius`` cycles/pixel zeroed."""
-    h, w = images.shape[1:3]
-    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-    keep = (np.sqrt(fy**2 + fx**2) <= radius).astype(np.float64)
+    keep = (0.5 * radial_frequency(*images.shape[1:3]) <= radius).astype(np.float64)  # cycles/pixel
     return apply_ratio(images, np.repeat(keep[:, :, None], 3, axis=2))
 
 
@@ -117,14 +118,10 @@ def resample(images: np.ndarray, upsampler: Image.Resampling) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------- probes
 
 
-def score(model: Detector, images: np.ndarray) -> np.ndarray:
-    """prob_fake of (N, H, W, 3) uint8 centre windows."""
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(images), BATCH):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH].transpose(0, 3, 1, 2)))
-            probs.append(sigmoid(model(batch).float().numpy()))
-    return np.concatenate(probs)
+def score(model: Detector, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """prob_fake of (N, H, W, 3) uint8 centre windows, through the evaluation's ``predict``."""
+    items = [(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.tensor(0.0), "") for x in images]
+    return predict(model, items, BATCH, device, desc="probe").probs
 
 
 def _row(
@@ -163,9 +160,11 @@ def run_probes(
     split: str = "testing",
     lowpass_radii: Sequence[float] = LOWPASS_RADII,
     upsamplers: Sequence[str] = tuple(UPSAMPLERS),
+    device: str = "auto",
 ) -> dict:
     """Every probe on ``data/split``; returns ``probes.json``'s content."""
-    model = with_coverage(load_detector(checkpoint), Coverage()).eval()
+    target = resolve_device(device)
+    model = with_coverage(load_detector(checkpoint), Coverage()).to(target)
     threshold = float(model.metadata.threshold.value)
     dataset = RealFakeDataset(data, split, model.metadata.input_size, train=False)
     families = windows_by_family(dataset)
@@ -177,14 +176,14 @@ def run_probes(
         reals, fakes = by_label[0], by_label[1]
         key = hashlib.sha256(reals.tobytes()).hexdigest()
         if key not in real_scores:
-            real_scores[key] = score(model, reals)
+            real_scores[key] = score(model, reals, target)
         real_probs = real_scores[key]
         logger.info("probing %s (%d reals, %d fakes)", family, len(reals), len(fakes))
-        rows.append(_row("fakes", family, score(model, fakes), real_probs, threshold))
+        rows.append(_row("fakes", family, score(model, fakes, target), real_probs, threshold))
         transplanted = apply_ratio(reals, magnitude_ratio(fakes, reals))
-        rows.append(_row("transplant", family, score(model, transplanted), real_probs, threshold))
+        rows.append(_row("transplant", family, score(model, transplanted, target), real_probs, threshold))
     reals = distinct([image for by_label in families.values() for image in by_label.get(0, [])])
-    real_probs = score(model, reals)
+    real_probs = score(model, reals, target)
     rows.append(_row("reals", None, real_probs, None, threshold))
     generic: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
         *((f"lowpass {r:g}", lambda x, r=r: lowpass(x, r)) for r in lowpass_radii),
@@ -192,7 +191,7 @@ def run_probes(
     ]
     for name, change in generic:
         logger.info("probing %s on %d distinct reals", name, len(reals))
-        rows.append(_row(name, None, score(model, change(reals)), real_probs, threshold))
+        rows.append(_row(name, None, score(model, change(reals), target), real_probs, threshold))
     return M.json_safe(
         {
             "checkpoint": str(checkpoint),
@@ -252,6 +251,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="dataset root (Wang layout)")
     parser.add_argument("--out", required=True, type=Path, help="output directory for probes.json and probes.md")
     parser.add_argument("--split", default="testing", help="split folder under --data")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     return parser
 
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = run_probes(args.checkpoint, args.data, args.split)
+        report = run_probes(args.checkpoint, args.data, args.split, device=args.device)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
