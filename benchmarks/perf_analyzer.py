@@ -93,8 +93,11 @@ def run(
     """Closed-loop concurrency levels with perf_analyzer; one dict per level (throughput, latency in ms, or
     ``error`` when it could not measure that level, e.g. no stable windows).
 
-    perf_analyzer measures under the harness's own ``policy``: the same window length and stability, and at
-    least as many windows, so the two tools accept or refuse a noisy level on the same terms.
+    perf_analyzer measures under the harness's own ``policy``: the same window length and stability, judged on the
+    same figures (throughput and p50 latency; perf_analyzer's default judges the mean latency, which one stalled
+    request in a window can swing by more than the stability), so the two tools accept a level on the same terms.
+    It may take up to twice the harness's windows (at least 20) to find them: it stops at the first stable ones,
+    so the extra windows cost time only on a noisy machine, where perf_analyzer has no number at all without them.
     """
     binary = home / "bin" / "perf_analyzer"
     if not binary.is_file():
@@ -119,7 +122,8 @@ def run(
                 f"--shape={IMAGE_BYTES}:1",
                 f"--measurement-interval={round(policy.window_s * 1000)}",
                 f"--stability-percentage={policy.stability * 100:g}",
-                f"--max-trials={max(10, policy.max_windows)}",
+                "--percentile=50",
+                f"--max-trials={max(20, 2 * policy.max_windows)}",
                 "-f",
                 str(report),
             ]
