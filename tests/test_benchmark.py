@@ -28,7 +28,7 @@ from fmdetect.core.checksum import sha256_file
 from fmdetect.training.benchmark import cli
 from fmdetect.training.benchmark.build import DATASET_FILE, SPECTRA_FILE, build_dataset, is_complete
 from fmdetect.training.benchmark.config import BuildConfig, Profile
-from fmdetect.training.benchmark.crops import assign_sources
+from fmdetect.training.benchmark.crops import assign_sources, sample_crop
 from fmdetect.training.benchmark.families import (
     ALL_FAMILIES,
     FAMILIES,
@@ -106,6 +106,27 @@ def test_assign_sources_needs_every_split() -> None:
     }
     with pytest.raises(ValueError, match="testing"):
         assign_sources(["a", "b"], fixed)
+
+
+def test_native_share_of_crops_is_native_pixels_and_zero_keeps_the_old_draws() -> None:
+    """With ``native_share`` a crop is a window of native pixels (found in the photo as it is) with that
+    probability; 0 draws exactly the crops drawn before the option existed (same random stream)."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(700, 900, 3), dtype=np.uint8)
+
+    def draws(share: float, n: int = 200) -> list[tuple[np.ndarray, float, tuple]]:
+        gen = np.random.default_rng(1)
+        return [sample_crop(photo, 64, gen, share) for _ in range(n)]
+
+    old = np.random.default_rng(1)
+    for (region, scale, box), again in zip(draws(0.0), (sample_crop(photo, 64, old) for _ in range(200))):
+        assert np.array_equal(region, again[0]) and (scale, box) == again[1:]
+    for region, scale, (top, left, side) in draws(1.0):
+        assert scale == 1.0 and side == 64 and np.array_equal(region, photo[top : top + 64, left : left + 64])
+    native = sum(scale == 1.0 for _, scale, _ in draws(0.5))
+    assert 70 <= native <= 130  # binomial(200, 0.5): 100 +- 30 is over 4 standard deviations
+    with pytest.raises(ValueError, match="native_share"):
+        BuildConfig(out=Path("x"), native_share=1.5)
 
 
 def test_fetch_checks_every_file_against_its_sha256(tmp_path: Path) -> None:
@@ -364,6 +385,8 @@ def test_command_line_profiles(tmp_path: Path) -> None:
         parse(["--out", str(tmp_path), "--jpeg-share", "0.3", "--test-families", "vae", "ddpm"])
     )
     assert custom.postprocess.jpeg_share == 0.3 and custom.test_families == ("vae", "ddpm")
+    native = cli.config_from_args(parse(["--out", str(tmp_path), "--native-share", "0.5"]))
+    assert native.native_share == 0.5 and native.identity()["native_share"] == 0.5
     with pytest.raises(SystemExit):
         parse(["--out", str(tmp_path), "--test-families", "nope"])
 

@@ -205,10 +205,12 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
             len(photos[split]),
             ", ".join(sorted({p.source for p in photos[split]})),
         )
-        real[split] = draw_crops(photos[split], config.crops(split), gsize, (config.seed, split_index[split], 0))
+        real[split] = draw_crops(
+            photos[split], config.crops(split), gsize, (config.seed, split_index[split], 0), config.native_share
+        )
         if split in built and any(FAMILIES[f].content_matched for f in config.families(split)):
             held_out[split] = draw_crops(
-                photos[split], config.crops(split), gsize, (config.seed, split_index[split], 1)
+                photos[split], config.crops(split), gsize, (config.seed, split_index[split], 1), config.native_share
             )
     t = lap("crops", t)
 
@@ -259,7 +261,11 @@ def build_dataset(config: BuildConfig, force: bool = False) -> Path:
             name, model, None, count, gsize, family_seed(config.seed, name) * 10 + 2
         )
         pool = draw_crops(
-            photos[Split.TESTING], config.match_pool * count, gsize, (config.seed, split_index[Split.TESTING], 2)
+            photos[Split.TESTING],
+            config.match_pool * count,
+            gsize,
+            (config.seed, split_index[Split.TESTING], 2),
+            config.native_share,
         )
         family_reals[Split.TESTING, name] = [pool[i] for i in match_reals(stack(pool), fakes[Split.TESTING, name])]
         generators[name] = {

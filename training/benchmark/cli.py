@@ -53,6 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jpeg-share", type=float, default=None, help="share of images saved as JPEG (else PNG)")
     parser.add_argument("--resize-share", type=float, default=None, help="share of images downscaled")
     parser.add_argument(
+        "--native-share",
+        type=float,
+        default=None,
+        help="share of real crops taken as native pixels, never resampled (default: the profile's)",
+    )
+    parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where fetched photos and trained generators are kept"
     )
     parser.add_argument(
@@ -75,7 +81,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     overrides: dict[str, Any] = {
         key: value
-        for key in ("image_size", "training_crops", "validation_crops", "testing_crops", "generator_steps")
+        for key in (
+            "image_size",
+            "training_crops",
+            "validation_crops",
+            "testing_crops",
+            "generator_steps",
+            "native_share",
+        )
         if (value := getattr(args, key)) is not None
     }
     if args.test_families is not None:

@@ -35,7 +35,8 @@ class BuildConfig:
     at ``generate_size`` (a quarter larger than ``image_size``) and post-processed down to ``image_size``.
     ``generator_steps`` scales every family's training steps. ``splits`` are the splits written (the training
     crops are drawn in any case: the generators train on them). ``sources`` keeps only these photo sources (None:
-    all); ``source_splits`` overrides the table's split of some sources.
+    all); ``source_splits`` overrides the table's split of some sources. ``native_share`` is the share of real
+    crops taken as native pixels, never resampled (the others at a log-uniform scale, see ``crops``).
     """
 
     out: Path
@@ -54,6 +55,7 @@ class BuildConfig:
     source_splits: tuple[tuple[str, str], ...] = ()
     splits: tuple[str, ...] = tuple(s.value for s in Split)
     match_pool: int = 8
+    native_share: float = 0.0
     cache_dir: Path = DEFAULT_CACHE_DIR
     workers: int = 2
     builder_version: int = BUILDER_VERSION
@@ -84,6 +86,8 @@ class BuildConfig:
             raise ValueError(f"splits must be among {[s.value for s in Split]}, got {list(self.splits)}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if not 0.0 <= self.native_share <= 1.0:
+            raise ValueError(f"native_share must be in [0, 1], got {self.native_share}")
 
     @property
     def generate_size(self) -> int:
@@ -114,6 +118,8 @@ class BuildConfig:
         data = asdict(self)
         for key in ("out", "cache_dir", "workers"):
             data.pop(key)
+        if not self.native_share:
+            data.pop("native_share")  # builds made before the option keep their identity
         data["test_families"] = list(self.test_families)
         data["sources"] = None if self.sources is None else list(self.sources)
         data["source_splits"] = [list(p) for p in self.source_splits]

@@ -4,8 +4,9 @@ testing.
 The split is by SOURCE (a registry package), never by photo or crop: the validation sources (calibration) and the
 testing sources are packages whose photos training never saw. A crop is a square window of a photo at a random
 scale, log-uniform from the whole short side down to native pixels (scale 1: sensor noise and the camera's own
-JPEG traces kept), resized with Lanczos (anti-aliased). Each photo is decoded once per draw and dropped after it
-has given its crops, so memory stays small with full-resolution photos.
+JPEG traces kept), resized with Lanczos (anti-aliased); with ``native_share`` > 0 that share of the crops is a
+window of native pixels, never resampled, as serving scores a native window of whatever it is sent. Each photo is
+decoded once per draw and dropped after it has given its crops, so memory stays small with full-resolution photos.
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ def load_photo(photo: Photo) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def sample_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, float, tuple]:
-    """A ``size`` x ``size`` crop at a scale log-uniform in [size / short side, 1]."""
+def sample_crop(
+    photo: np.ndarray, size: int, rng: np.random.Generator, native_share: float = 0.0
+) -> tuple[np.ndarray, float, tuple]:
+    """A ``size`` x ``size`` crop: native pixels with probability ``native_share``, else at a scale log-uniform in
+    [size / short side, 1]."""
     h, w = photo.shape[:2]
     lo = min(1.0, size / min(h, w))
-    scale = float(np.exp(rng.uniform(np.log(lo), 0.0))) if lo < 1.0 else 1.0
+    native = native_share > 0 and rng.random() < native_share
+    scale = float(np.exp(rng.uniform(np.log(lo), 0.0))) if lo < 1.0 and not native else 1.0
     window = min(int(round(size / scale)), h, w)
     top = int(rng.integers(0, h - window + 1))
     left = int(rng.integers(0, w - window + 1))
@@ -56,9 +61,11 @@ def sample_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> tuple
     return np.ascontiguousarray(region), size / window, (top, left, window)
 
 
-def draw_crops(photos: Sequence[Photo], count: int, size: int, seed: Sequence[int]) -> list[Crop]:
+def draw_crops(
+    photos: Sequence[Photo], count: int, size: int, seed: Sequence[int], native_share: float = 0.0
+) -> list[Crop]:
     """``count`` crops dealt round robin over ``photos`` (in an order shuffled by ``seed``); crop ``i`` depends
-    only on (``seed``, ``i``) and its photo. Flat crops are redrawn."""
+    only on (``seed``, ``i``) and its photo. Flat crops are redrawn. ``native_share``: see :func:`sample_crop`."""
     if not photos:
         raise ValueError("no photos to crop")
     order = [photos[i] for i in np.random.default_rng([*seed, 0]).permutation(len(photos))]
@@ -72,7 +79,7 @@ def draw_crops(photos: Sequence[Photo], count: int, size: int, seed: Sequence[in
         for i in mine:
             rng = np.random.default_rng([*seed, 1, i])
             for _ in range(MAX_REDRAWS):
-                region, scale, box = sample_crop(pixels, size, rng)
+                region, scale, box = sample_crop(pixels, size, rng, native_share)
                 if region.std() >= MIN_CROP_STD:
                     break
             crops[i] = Crop(region, photo.name, photo.source, scale, box)
