@@ -276,9 +276,8 @@ def render_ablation_runs() -> str:
 
 def render_ablation_probes() -> str:
     """The README's table of the spectral probes (``python -m training.probes``) of ablation checkpoints
-    (``docs/ablation/probes/<setting>_seed<k>/probes.json``, named as the results store names its runs) and of the
-    default detector (``detectors/default/probes``, the store's frequency all 15 % seed 0): AP against the unchanged
-    testing reals, threshold-free."""
+    (``docs/ablation/probes/<setting>_seed<k>/probes.json``, named as the results store names its runs; frequency all
+    15 % seed 0 is the previous default detector's): AP against the unchanged testing reals, threshold-free."""
     from fmdetect.training.benchmark.families import TRAIN_FAMILY
 
     runs = []
@@ -286,8 +285,6 @@ def render_ablation_probes() -> str:
         setting, seed = path.parent.name.rsplit("_seed", 1)
         record = json.loads((ROOT / "docs" / "ablation" / "runs" / setting / f"seed{seed}.json").read_text())
         runs.append((record["key"]["config"], seed, json.loads(path.read_text())))
-    default = json.loads((ROOT / "detectors" / "default" / "probes" / "probes.json").read_text())
-    runs.append(("frequency all 15%", "0 (the default detector)", default))
     header = [
         "training masking",
         "seed",

@@ -134,3 +134,24 @@ def test_readme_probe_figures_are_the_committed_probes() -> None:
         + ")."
     )
     assert sentence in readme
+
+
+def test_readme_upload_figures_are_the_committed_uploads() -> None:
+    """The README's sentence on photo files as uploaded is ``detectors/default/uploads/uploads.json``'s totals,
+    scored at the committed threshold."""
+    uploads = json.loads((DEFAULT / "uploads" / "uploads.json").read_text())
+    assert uploads["threshold"] == pytest.approx(METRICS["threshold"])
+    totals = {t["split"]: t for t in uploads["totals"]}
+    val, test = totals["validation"], totals["testing"]
+
+    def both(key: str) -> str:
+        return f"{100 * val[key]:.1f} / {100 * test[key]:.1f} %"
+
+    sentence = (
+        f"the photo files of the {val['sources']} validation and {test['sources']} testing sources ({val['photos']} "
+        f"and {test['photos']}): the served centre window is flagged on {both('centre_flagged')} of the photos, "
+        f"the {uploads['grid_windows']} native windows of the 3 x 3 grid {both('windows_flagged')}, and the same "
+        f"windows after a {uploads['control_scale']:g} Lanczos downscale of the photo {both('downscaled_flagged')}."
+    )
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert sentence in readme
