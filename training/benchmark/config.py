@@ -16,6 +16,8 @@ from fmdetect.training.data import Split
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "fmdetect"
 BUILDER_VERSION = 3
+# The default detector's build: half its real crops are native windows (detectors/README.md, "How it was made").
+DEFAULT_DETECTOR_NATIVE_SHARE = 0.5
 
 
 class Profile(str, Enum):
