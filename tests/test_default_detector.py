@@ -155,3 +155,29 @@ def test_readme_upload_figures_are_the_committed_uploads() -> None:
     )
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert sentence in readme
+
+
+def test_readme_native_crop_figures_are_the_committed_reports() -> None:
+    """The README's case for the native-crop build: the previous default's and the current default's validation
+    figures as uploaded (the adoption rule), and the trivial detector's AUC on that build, from committed files."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    previous = json.loads((ROOT / "docs" / "benchmark_native" / "previous_default" / "uploads.json").read_text())
+    current = json.loads((DEFAULT / "uploads" / "uploads.json").read_text())
+    before = {t["split"]: t for t in previous["totals"]}
+    after = {t["split"]: t for t in current["totals"]}
+    assert (
+        f"the previous default flagged {100 * before['validation']['windows_flagged']:.1f} / "
+        f"{100 * before['testing']['windows_flagged']:.1f} % of the native windows of a 3 x 3 grid and "
+        f"{100 * before['validation']['downscaled_flagged']:.1f} / "
+        f"{100 * before['testing']['downscaled_flagged']:.1f} %"
+    ) in readme
+    assert after["validation"]["windows_flagged"] < before["validation"]["windows_flagged"]  # the adoption rule
+    val_ap = json.loads((DEFAULT / "metadata.json").read_text())["metrics"]["val"]["ap"]
+    assert (
+        f"It gave {100 * after['validation']['windows_flagged']:.1f} % against "
+        f"{100 * before['validation']['windows_flagged']:.1f} %, AP {val_ap:.3f}."
+    ) in readme
+    summary = json.loads((ROOT / "docs" / "benchmark_native" / "dataset_summary.json").read_text())
+    trivial = summary["trivial_detectors"]["families"][TRAIN_FAMILY]["auc"]
+    assert f"reaches AUC {trivial:.3f} on `{TRAIN_FAMILY}`" in readme
+    assert summary["config"]["native_share"] == 0.5
