@@ -1,8 +1,8 @@
 """False positives on real photo files as they are uploaded: native windows, decoded as serving decodes them.
 
 The benchmark's reals are crops resampled to the input size; serving scores native windows of whatever it is
-sent (no resize, the paper's test protocol). This scores each photo FILE through ``core.preprocess``
-(``decode_windows``: the centre window, which the served detector scores, and the 3 x 3 grid of native windows
+sent (no resize, the paper's test protocol). This scores each photo FILE through ``core.preprocess`` (the pixels
+of ``decode_windows``: the centre window, which the served detector scores, and the 3 x 3 grid of native windows
 of ``crop_boxes``), and the same windows after a 0.5 Lanczos downscale of the whole photo, as a control: a
 detector that reads resampling as "real" flags the native windows far more often than the downscaled ones.
 
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from fmdetect.core.metadata import Coverage
-from fmdetect.core.preprocess import ImageDecodeError, crop_windows, decode_image, decode_windows
+from fmdetect.core.preprocess import ImageDecodeError, crop_windows, decode_image
 from fmdetect.core.scoring import decide
 from fmdetect.training import metrics as M
 from fmdetect.training.benchmark.config import DEFAULT_CACHE_DIR
@@ -75,10 +75,12 @@ def photo_windows(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, np.nd
     Raises:
         ImageDecodeError: serving would refuse these bytes.
     """
-    centre = decode_windows(data, size, 1)[0]
-    native = decode_windows(data, size, GRID)
-    control = crop_windows(downscaled(decode_image(data), CONTROL_SCALE, size), size, GRID)
-    return centre, native, control
+    rgb = decode_image(data)  # decoded once: crop_windows of it are decode_windows' pixels (tested)
+    return (
+        crop_windows(rgb, size, 1)[0],
+        crop_windows(rgb, size, GRID),
+        crop_windows(downscaled(rgb, CONTROL_SCALE, size), size, GRID),
+    )
 
 
 def score_source(
