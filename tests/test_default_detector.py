@@ -181,3 +181,42 @@ def test_readme_native_crop_figures_are_the_committed_reports() -> None:
     trivial = summary["trivial_detectors"]["families"][TRAIN_FAMILY]["auc"]
     assert f"reaches AUC {trivial:.3f} on `{TRAIN_FAMILY}`" in readme
     assert summary["config"]["native_share"] == 0.5
+
+
+def test_readme_comparison_with_the_previous_default_and_a_second_seed_is_the_committed_evaluations() -> None:
+    """The README's comparison on the native-crop testing split: the shipped evaluation, the previous default's and
+    the second seed's (``docs/benchmark_native/``), figure for figure."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    native = ROOT / "docs" / "benchmark_native"
+    previous = json.loads((native / "previous_default" / "evaluation_metrics.json").read_text())
+    seed1 = json.loads((native / "seed1" / "evaluation_metrics.json").read_text())
+
+    def ap(m: dict, family: str) -> str:
+        return f"{m['generators'][family]['ap']:.3f}"
+
+    def flagged(m: dict) -> str:
+        return f"{100 * (1 - m['benchmark']['unseen']['real_acc_calibrated']):.1f} %"
+
+    def fpr(m: dict, source: str) -> str:
+        return f"{100 * m['benchmark']['real_sources'][source]['fpr']:.1f}"
+
+    now, before = METRICS, previous
+    fragments = [
+        f"unseen mean AP {now['benchmark']['unseen']['ap']:.3f} against {before['benchmark']['unseen']['ap']:.3f}",
+        f"DDPM {ap(now, 'ddpm')} against {ap(before, 'ddpm')}, DDIM {ap(now, 'ddim')} against {ap(before, 'ddim')}",
+        f"`dcgan_faces` {ap(now, 'dcgan_faces')} against {ap(before, 'dcgan_faces')}",
+        f"inpainting {ap(now, 'inpainting')} against {ap(before, 'inpainting')}",
+        f"the VAE {ap(now, 'vae')} against {ap(before, 'vae')}",
+        f"false positives {flagged(now)} against {flagged(before)} of the testing reals",
+        f"(`tuxpaint-data` {fpr(now, 'tuxpaint-data')} against {fpr(before, 'tuxpaint-data')} %, "
+        f"`exif` {fpr(now, 'exif')} against {fpr(before, 'exif')} %)",
+        f"unseen mean AP {seed1['benchmark']['unseen']['ap']:.3f}, DDPM {ap(seed1, 'ddpm')}, DDIM {ap(seed1, 'ddim')}, "
+        f"the VAE {ap(seed1, 'vae')}, `dcgan_faces` {ap(seed1, 'dcgan_faces')}, threshold {seed1['threshold']:.4f}, "
+        f"{flagged(seed1)} of the testing reals flagged",
+    ]
+    for fragment in fragments:
+        assert fragment in readme, fragment
+    uploads = json.loads((native / "seed1" / "uploads.json").read_text())
+    totals = {t["split"]: t for t in uploads["totals"]}
+    windows = f"{100 * totals['validation']['windows_flagged']:.1f} / {100 * totals['testing']['windows_flagged']:.1f}"
+    assert f"(next paragraph; seed 1: {windows} %)" in readme
